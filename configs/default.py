@@ -1,0 +1,126 @@
+"""The paper setting: CASIA-WebFace, batch 48, 30 epochs (REFERENCE §8, main.yaml).
+
+Command (from the repo root):
+  python -m fit_jax.main --config configs/default.py --workdir ~/runs/fit_paper \
+      --config.data.root=~/data/face_datasets/CASIA-WebFace \
+      --config.model.sphereface.pretrained=~/pretrained/sphere20a_20171020.pth
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  # Base PRNG seed; every step folds the step number into it.
+  config.seed = 0
+
+  # ------------------------------------------------------------------ data
+  config.data = ml_collections.ConfigDict()
+  # Source: casia | lfw_folder | lfw_tfds | ffhq | folder | synthetic.
+  config.data.source = "casia"
+  # Dataset root (CASIA-WebFace folder for `casia`).
+  config.data.root = "~/data/face_datasets/CASIA-WebFace"
+  # Landmark file (the reference's format); empty: <root>/../casia_landmark.txt.
+  config.data.landmarks = ""
+  # Side, in pixels, of the frame the landmarks are given in (250 for CASIA/LFW).
+  config.data.landmark_frame = 250.0
+  # Side of the square images the networks see (bicubic resize, as the reference).
+  config.data.image_size = 128
+  # Bad records: 'error' stops with the file and line named; 'skip' counts them.
+  config.data.on_bad_record = "error"
+  # Input workers (grain); 0 reads in the main process.
+  config.data.num_workers = 8
+
+  # ----------------------------------------------------------------- model
+  config.model = ml_collections.ConfigDict()
+  # Password length N in bits (a multiple of 4).
+  config.model.password_bits = 16
+  # Generator password input = scale * (bit - 0.5): 1.0 is main.yaml's
+  # {-0.5, 0.5}; 0.5 is one_fourth_D_lr_half.yaml's {-0.25, 0.25}.
+  config.model.password_scale = 1.0
+  # Compute dtype of all networks (float32 | bfloat16); params stay float32.
+  config.model.dtype = "float32"
+  # Normalisation of G, D and Q: batch_stats (reference: batch statistics at
+  # train and test time) | batch (running averages at inference) | instance.
+  config.model.norm = "batch_stats"
+  # Images per batch-statistics group; the reference's DataParallel used 12
+  # per GPU (48 on 4 GPUs). 0: the whole global batch.
+  config.model.norm_group_size = 12
+  config.model.generator = ml_collections.ConfigDict()
+  # Filters of the first generator layer (ngf).
+  config.model.generator.ngf = 64
+  # Stride-2 downsamplings (and as many resize-conv upsamplings).
+  config.model.generator.num_downsampling = 2
+  # Residual blocks at the lowest resolution.
+  config.model.generator.num_blocks = 9
+  config.model.discriminator = ml_collections.ConfigDict()
+  # Filters of the first PatchGAN layer (ndf) and its stride-2 layers.
+  config.model.discriminator.ndf = 64
+  config.model.discriminator.num_layers = 3
+  config.model.password_head = ml_collections.ConfigDict()
+  # Filters of the first password-head layer.
+  config.model.password_head.ndf = 64
+  config.model.sphereface = ml_collections.ConfigDict()
+  # Identities of the A-Softmax head (all of CASIA-WebFace, as the .pth).
+  config.model.sphereface.num_classes = 10574
+  # Channels of SphereFace stage 1 (64 in sphere20a).
+  config.model.sphereface.width = 64
+  # Pretrained weights: a sphere20a .pth (converted on load) or empty for a
+  # fresh init (then the identity losses start from a random recogniser).
+  config.model.sphereface.pretrained = ""
+
+  # ------------------------------------------------------------------ loss
+  # One field per lambda of the reference's main.yaml (lambda_X -> lambda_x).
+  config.loss = ml_collections.ConfigDict()
+  config.loss.lambda_fr = 2.0
+  config.loss.lambda_fr_m = 1.0
+  config.loss.lambda_fr_wr = 1.0
+  config.loss.lambda_gan = 1.0
+  config.loss.lambda_gan_m = 1.0
+  config.loss.lambda_gan_recon = 1.0
+  config.loss.lambda_gan_wr = 1.0
+  config.loss.lambda_dis = 1.0
+  config.loss.lambda_feat = 2.0
+  config.loss.lambda_wr_feat = 1.0
+  config.loss.lambda_false_recon_diff = 1.0
+  config.loss.lambda_l1 = 10.0
+  config.loss.lambda_rand_recon_l1 = 10.0
+  config.loss.lambda_g_recon = 100.0
+  # Cap of the maximised A-Softmax terms (the -AS terms); None keeps the
+  # reference's unbounded negative cross-entropy.
+  config.loss.negative_angle_bound = ml_collections.FieldReference(None, float)
+  # A-Softmax loss calls per iteration in the reference (4 in D, 3 in G):
+  # lambda = max(5, 1500 / (1 + 0.1 it)) with it counted over these calls.
+  config.loss.angle_calls_per_step = 7
+  # Fake-image history pools (CycleGAN ImagePool) of M, R, WR; 0 disables.
+  config.loss.pool_size = 500
+
+  # ----------------------------------------------------------------- optim
+  config.optim = ml_collections.ConfigDict()
+  config.optim.b1 = 0.5
+  config.optim.b2 = 0.999
+  # Generator group: G and the password head Q.
+  config.optim.g = ml_collections.ConfigDict()
+  config.optim.g.learning_rate = 1e-4
+  config.optim.g.password_head_learning_rate = 1e-4
+  # Discriminator group: D and SphereFace (0.1x, adversarially fine-tuned).
+  config.optim.d = ml_collections.ConfigDict()
+  config.optim.d.learning_rate = 1e-4
+  config.optim.d.sphereface_learning_rate = 1e-5
+
+  # ----------------------------------------------------------------- train
+  config.train = ml_collections.ConfigDict()
+  # Global batch (all devices, all hosts).
+  config.train.batch_size = 48
+  # Epochs over the training split; num_steps > 0 overrides.
+  config.train.num_epochs = 30
+  config.train.num_steps = -1
+  # Intervals in steps.
+  config.train.log_every = 50
+  config.train.eval_every = 1000
+  config.train.checkpoint_every = 1000
+  # Checkpoints kept in the workdir.
+  config.train.keep_checkpoints = 3
+  # Images in the sample grids written at each eval.
+  config.train.num_samples = 8
+  return config

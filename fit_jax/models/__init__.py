@@ -1,0 +1,57 @@
+"""The four networks of the face identity transformer and their factory."""
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from fit_jax.models.discriminator import BRANCHES, MultiScaleDiscriminator
+from fit_jax.models.generator import Generator
+from fit_jax.models.password_head import PasswordHead
+from fit_jax.models.sphereface import AngleLinear, SphereFace20a
+
+__all__ = [
+  "BRANCHES", "Generator", "MultiScaleDiscriminator", "PasswordHead",
+  "SphereFace20a", "AngleLinear", "Models", "build_models",
+]
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class Models:
+  """Module instances (stateless); their variables live in FitState."""
+
+  generator: Generator
+  discriminator: MultiScaleDiscriminator
+  password_head: PasswordHead
+  sphereface: SphereFace20a
+
+
+def build_models(model_config) -> Models:
+  """Builds the four modules from `config.model` (see configs/default.py)."""
+  if model_config.dtype not in _DTYPES:
+    raise ValueError(
+      f"config.model.dtype={model_config.dtype!r} is not one of {sorted(_DTYPES)}"
+    )
+  dtype = _DTYPES[model_config.dtype]
+  norm = dict(norm=model_config.norm, norm_group_size=model_config.norm_group_size)
+  g, d, q, fr = (
+    model_config.generator, model_config.discriminator,
+    model_config.password_head, model_config.sphereface,
+  )
+  return Models(
+    generator=Generator(
+      password_bits=model_config.password_bits, ngf=g.ngf,
+      num_downsampling=g.num_downsampling, num_blocks=g.num_blocks,
+      dtype=dtype, **norm,
+    ),
+    discriminator=MultiScaleDiscriminator(
+      ndf=d.ndf, num_layers=d.num_layers, dtype=dtype, **norm
+    ),
+    password_head=PasswordHead(
+      password_bits=model_config.password_bits, ndf=q.ndf, dtype=dtype, **norm
+    ),
+    sphereface=SphereFace20a(
+      num_classes=fr.num_classes, width=fr.width, dtype=dtype
+    ),
+  )

@@ -1,0 +1,125 @@
+"""Building blocks shared by the fit_jax networks.
+
+The original networks (CycleGAN's `ResnetGenerator`/`NLayerDiscriminator`)
+use reflect padding, BatchNorm without running statistics and N(0, 0.02)
+weight init. Those choices live here, once.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+Dtype = Any
+
+# CycleGAN's `init_weights(net, 'normal', 0.02)` in the original networks.py.
+conv_init = nn.initializers.normal(stddev=0.02)
+
+NORM_MODES = ("batch_stats", "batch", "instance")
+
+
+def reflect_pad(x: jax.Array, pad: int) -> jax.Array:
+  """Reflect-pads the two spatial axes of an NHWC tensor (nn.ReflectionPad2d)."""
+  if pad == 0:
+    return x
+  return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+
+
+class Norm(nn.Module):
+  """BatchNorm / InstanceNorm with the original's semantics.
+
+  Modes:
+    batch_stats: the reference. BatchNorm2d(track_running_stats=False):
+      every call, at train and at test time, normalises with the statistics of
+      the current batch. No `batch_stats` collection exists.
+    batch: batch statistics while training; running averages (momentum 0.1
+      as torch) are kept in the `batch_stats` collection and used when
+      `train=False`. Per-image deterministic at inference.
+    instance: per-image, per-channel statistics (affine, unlike CycleGAN's
+      default InstanceNorm, so every mode has the same parameters and a
+      reference checkpoint loads into any of them). Per-image deterministic.
+
+  `group_size` > 0 computes batch statistics over consecutive groups of that
+  many images, the way the reference's DataParallel computed them per GPU
+  (12 images each); 0 uses the whole (global) batch. Statistics are always
+  computed in float32.
+  """
+
+  mode: str = "batch_stats"
+  group_size: int = 0
+  momentum: float = 0.1
+  epsilon: float = 1e-5
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    if self.mode not in NORM_MODES:
+      raise ValueError(f"norm mode {self.mode!r} is not one of {NORM_MODES}")
+    features = x.shape[-1]
+    scale = self.param(
+      "scale",
+      lambda k, s, d: 1.0 + 0.02 * jax.random.normal(k, s, d),
+      (features,),
+      self.param_dtype,
+    )
+    bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+
+    if self.mode == "instance":
+      mean, var = _moments(x32, axes=(1, 2))
+      return self._normalize(x32, mean, var, scale, bias)
+
+    if self.mode == "batch":
+      ra_mean = self.variable(
+        "batch_stats", "mean", jnp.zeros, (features,), jnp.float32
+      )
+      ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+      if not train:
+        return self._normalize(x32, ra_mean.value, ra_var.value, scale, bias)
+
+    batch = x32.shape[0]
+    group = self.group_size if 0 < self.group_size < batch else batch
+    if batch % group:
+      raise ValueError(
+        f"batch {batch} is not divisible by the norm group size {group}"
+      )
+    grouped = x32.reshape((batch // group, group) + x32.shape[1:])
+    mean, var = _moments(grouped, axes=(1, 2, 3))
+    y = self._normalize(grouped, mean, var, scale, bias).reshape(x.shape)
+
+    if self.mode == "batch" and train and not self.is_initializing():
+      # torch updates running_var with the unbiased variance.
+      n = group * x.shape[1] * x.shape[2]
+      unbiased = jnp.mean(var, axis=0)[0, 0, 0] * n / max(n - 1, 1)
+      m = self.momentum
+      ra_mean.value = (1 - m) * ra_mean.value + m * jnp.mean(mean, axis=0)[0, 0, 0]
+      ra_var.value = (1 - m) * ra_var.value + m * unbiased
+    return y
+
+  def _normalize(self, x, mean, var, scale, bias):
+    # One multiply-add per element: fold the statistics into scale and shift.
+    inv = jax.lax.rsqrt(var + self.epsilon) * scale.astype(jnp.float32)
+    shift = bias.astype(jnp.float32) - mean * inv
+    return (x * inv + shift).astype(self.dtype)
+
+
+def _moments(x: jax.Array, axes: tuple[int, ...]):
+  """Mean and biased variance, two-pass for float32 accuracy."""
+  mean = jnp.mean(x, axis=axes, keepdims=True)
+  var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+  return mean, var
+
+
+class PReLU(nn.Module):
+  """Per-channel PReLU (torch nn.PReLU(C), init 0.25), as in sphere20a."""
+
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    alpha = self.param(
+      "alpha", nn.initializers.constant(0.25), (x.shape[-1],), self.param_dtype
+    )
+    return jnp.where(x >= 0, x, alpha.astype(x.dtype) * x)

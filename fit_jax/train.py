@@ -1,0 +1,418 @@
+"""The two update steps of one training iteration (REFERENCE §7, §8).
+
+Order, and how it relates to the original: the original runs G forward five
+times, then the D step on those (detached) images, then the G step, whose
+loss uses the *freshly updated* D and FR on the same images. Here
+`generator_step` runs the five generator passes once, under value_and_grad,
+and returns them (stop_gradient) for `discriminator_step`. So G is updated
+against D_t rather than D_{t+1}: the same alternating game shifted by half a
+step, and no generator forward is computed twice.
+
+Both steps fold the same step number into the base key, so both see the
+same randomness; `discriminator_step` advances `state.step`.
+"""
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fit_jax import alignment, losses, passwords
+from fit_jax import models as models_lib
+from fit_jax import train_state as ts
+
+Batch = dict[str, jax.Array]  # image [B,H,W,3], label [B], landmarks [B,5,2]
+
+
+# ----------------------------------------------------------------- helpers
+
+
+def _apply(module, params, stats, *args, mutable: bool, **kwargs):
+  """Applies a module; returns (output, new batch stats)."""
+  variables = {"params": params}
+  if stats:
+    variables["batch_stats"] = stats
+  if mutable and stats:
+    out, updates = module.apply(variables, *args, mutable=["batch_stats"], **kwargs)
+    return out, updates["batch_stats"]
+  return module.apply(variables, *args, **kwargs), stats
+
+
+def _angle_call(state_step, offset, config):
+  """The reference's AngleLoss call counter for a call inside this step."""
+  return state_step * config.loss.angle_calls_per_step + offset
+
+
+def _negative(loss, config):
+  return losses.bounded_negative(loss, config.loss.negative_angle_bound)
+
+
+def _global_norm(tree):
+  return optax.global_norm(tree)
+
+
+def step_keys(key: jax.Array, step: jax.Array) -> dict[str, jax.Array]:
+  key = jax.random.fold_in(key, step)
+  k_pw, k_pool = jax.random.split(key)
+  return {"passwords": k_pw, "pools": k_pool}
+
+
+# ----------------------------------------------------------- generator step
+
+
+def generator_step(
+  state: ts.FitState, batch: Batch, key: jax.Array, *, models: models_lib.Models, config
+) -> tuple[ts.FitState, dict[str, jax.Array], dict[str, jax.Array]]:
+  """Updates G and Q; returns (state, generated images, metrics).
+
+  The generated images dict holds `anon` (A = G(x, z)), `anon2`
+  (A2 = G(x, z2)), `recon` (R = G(A, -z)), `wrong` (W = G(A, w)) and
+  `wrong2` (W2 = G(A, w2)), all under stop_gradient.
+  """
+  lc = config.loss
+  x = batch["image"]
+  labels = batch["label"]
+  b = x.shape[0]
+  keys = step_keys(key, state.step)
+  pw_bits = passwords.sample_training_passwords(
+    keys["passwords"], b, config.model.password_bits
+  )
+  enc = {k: passwords.encode(v, config.model.password_scale) for k, v in pw_bits.items()}
+  theta = alignment.similarity_theta(batch["landmarks"], config.data.landmark_frame)
+  disc_params = state.disc.params
+  disc_stats = state.disc.batch_stats
+
+  def loss_fn(params):
+    g_stats = state.gen.batch_stats["generator"]
+    q_stats = state.gen.batch_stats["password_head"]
+
+    def gen(images, password):
+      nonlocal g_stats
+      out, g_stats = _apply(
+        models.generator, params["generator"], g_stats, images, password,
+        train=True, mutable=True,
+      )
+      return out
+
+    # The reference's order: A, R, A2, W, W2 (matters for running stats).
+    anon = gen(x, enc["anon"])
+    recon = gen(anon, enc["recover"])
+    anon2 = gen(x, enc["anon2"])
+    wrong = gen(anon, enc["wrong"])
+    wrong2 = gen(anon, enc["wrong2"])
+
+    # D and FR are frozen here but in train mode (batch statistics), as the
+    # original's set_requires_grad(False); their stat updates are dropped.
+    def disc(images, branch):
+      out, _ = _apply(
+        models.discriminator, disc_params["discriminator"],
+        disc_stats["discriminator"], images, branch=branch, train=True,
+        mutable=True,
+      )
+      return out
+
+    gan = {
+      "M": losses.lsgan(disc(anon, "M"), 1.0),
+      "R": losses.lsgan(disc(recon, "R"), 1.0),
+      "WR": losses.lsgan(disc(wrong, "WR"), 1.0),
+    }
+    gan_loss = lc.lambda_gan * (
+      lc.lambda_gan_m * gan["M"] + lc.lambda_gan_recon * gan["R"]
+      + lc.lambda_gan_wr * gan["WR"]
+    ) / 3.0
+
+    def q(first, second):
+      nonlocal q_stats
+      out, q_stats = _apply(
+        models.password_head, params["password_head"], q_stats, first, second,
+        train=True, mutable=True,
+      )
+      return out
+
+    q_pairs = {
+      "anon": (q(x, anon), passwords.digits(pw_bits["anon"])),
+      "recon": (q(anon, recon), passwords.digits(pw_bits["recover"])),
+      "wrong": (q(anon, wrong), passwords.digits(pw_bits["wrong"])),
+    }
+    q_ce = {k: losses.password_cross_entropy(*v) for k, v in q_pairs.items()}
+    q_loss = lc.lambda_dis * sum(q_ce.values())
+
+    # SphereFace has no batch statistics, so the five recognitions are one
+    # call on the concatenated crops: the same maths, one larger kernel.
+    crops = alignment.warp_to_crop(
+      jnp.concatenate([anon, recon, wrong, anon2, wrong2]),
+      jnp.tile(theta, (5, 1, 1)),
+    )
+    (cos, phi), feats = models.sphereface.apply(
+      {"params": disc_params["sphereface"]}, crops
+    )
+    cos, phi, feats = (t.reshape((5, b) + t.shape[1:]) for t in (cos, phi, feats))
+    fr = {
+      name: losses.angle_softmax(
+        cos[i], phi[i], labels, _angle_call(state.step, 5 + i, config)
+      )
+      for i, name in enumerate(("anon", "recon", "wrong"))
+    }
+    fr_loss = lc.lambda_fr * (
+      -lc.lambda_fr_m * _negative(fr["anon"], config) + fr["recon"]
+      - lc.lambda_fr_wr * _negative(fr["wrong"], config)
+    ) / (lc.lambda_fr_m + 1.0 + lc.lambda_fr_wr)
+    f_anon, f_recon, f_wrong, f_anon2, f_wrong2 = feats
+    del f_recon
+    feat = {
+      "anon": losses.feature_dissimilarity(f_anon, f_anon2),
+      "wrong": losses.feature_dissimilarity(f_wrong, f_wrong2),
+      "anon_wrong": losses.feature_dissimilarity(f_anon, f_wrong),
+    }
+    feat_loss = (
+      lc.lambda_feat * feat["anon"] + lc.lambda_wr_feat * feat["wrong"]
+      + lc.lambda_false_recon_diff * feat["anon_wrong"]
+    )
+    l1 = {
+      "anon": losses.l1(anon, x),
+      "wrong": losses.l1(wrong, x),
+      "recon": losses.l1(recon, x),
+    }
+    l1_loss = (
+      lc.lambda_l1 * l1["anon"] + lc.lambda_rand_recon_l1 * l1["wrong"]
+      + lc.lambda_g_recon * l1["recon"]
+    )
+    loss = gan_loss + q_loss + fr_loss + feat_loss + l1_loss
+    metrics = {"g/loss": loss, "g/gan": gan_loss, "g/password": q_loss,
+               "g/fr": fr_loss, "g/feat": feat_loss, "g/l1": l1_loss}
+    metrics.update({f"g/gan_{k}": v for k, v in gan.items()})
+    metrics.update({f"g/password_ce_{k}": v for k, v in q_ce.items()})
+    metrics.update(
+      {f"g/password_acc_{k}": losses.password_accuracy(*v) for k, v in q_pairs.items()}
+    )
+    metrics.update({f"g/fr_{k}": v for k, v in fr.items()})
+    metrics.update({f"g/feat_{k}": v for k, v in feat.items()})
+    metrics.update({f"g/l1_{k}": v for k, v in l1.items()})
+    images = {"anon": anon, "anon2": anon2, "recon": recon, "wrong": wrong, "wrong2": wrong2}
+    new_stats = {"generator": g_stats, "password_head": q_stats}
+    return loss, (metrics, images, new_stats)
+
+  grads, (metrics, images, new_stats) = jax.grad(loss_fn, has_aux=True)(state.gen.params)
+  metrics["g/grad_norm"] = _global_norm(grads)
+  gen = state.gen.apply_gradients(grads, new_stats)
+  metrics["g/param_norm"] = _global_norm(gen.params)
+  images = jax.lax.stop_gradient(images)
+  return state.replace(gen=gen), images, metrics
+
+
+# ------------------------------------------------------- discriminator step
+
+
+def query_pool(pool, images: jax.Array, key: jax.Array, num_out: int):
+  """CycleGAN ImagePool.query, then num_out of the results kept in order.
+
+  Per image, in batch order: while the pool holds fewer than its size, the
+  image is stored and returned; once full, with probability 1/2 a random
+  stored image is returned and replaced by the new one, otherwise the new
+  image is returned. Then `num_out` of the returned images are chosen
+  without replacement, keeping their order (the original's subsampling of
+  the 2B queried M and WR images to B).
+
+  Args:
+    pool: {'images': [S, H, W, 3], 'count': int32}.
+    images: [N, H, W, 3].
+    key: PRNG key.
+    num_out: images to return (N or fewer).
+
+  Returns:
+    (new pool, [num_out, H, W, 3]).
+  """
+  size = pool["images"].shape[0]
+  k_scan, k_pick = jax.random.split(key)
+  n = images.shape[0]
+  if size > 0:
+    def body(carry, inputs):
+      stored, count = carry
+      image, k = inputs
+      k_swap, k_idx = jax.random.split(k)
+      not_full = count < size
+      swap = jax.random.uniform(k_swap) > 0.5
+      idx = jax.random.randint(k_idx, (), 0, size)
+      previous = stored[idx]
+      returned = jnp.where(not_full, image, jnp.where(swap, previous, image))
+      slot = jnp.where(not_full, count, idx)
+      write = jnp.logical_or(not_full, swap)
+      stored = stored.at[slot].set(jnp.where(write, image, stored[slot]))
+      return (stored, count + not_full.astype(jnp.int32)), returned
+
+    (stored, count), returned = jax.lax.scan(
+      body,
+      (pool["images"], pool["count"]),
+      (images.astype(pool["images"].dtype), jax.random.split(k_scan, n)),
+    )
+    pool = {"images": stored, "count": count}
+  else:
+    returned = images
+  if num_out < n:
+    picked = jnp.sort(jax.random.permutation(k_pick, n)[:num_out])
+    returned = returned[picked]
+  return pool, returned.astype(images.dtype)
+
+
+def discriminator_step(
+  state: ts.FitState, batch: Batch, generated: dict[str, jax.Array],
+  key: jax.Array, *, models: models_lib.Models, config,
+) -> tuple[ts.FitState, dict[str, jax.Array]]:
+  """Updates D and SphereFace on the generator step's images; step += 1."""
+  lc = config.loss
+  x = batch["image"]
+  labels = batch["label"]
+  b = x.shape[0]
+  keys = jax.random.split(step_keys(key, state.step)["pools"], 3)
+  pools = dict(state.pools)
+  pools["M"], fake_m = query_pool(
+    pools["M"], jnp.concatenate([generated["anon"], generated["anon2"]]), keys[0], b
+  )
+  pools["R"], fake_r = query_pool(pools["R"], generated["recon"], keys[1], b)
+  pools["WR"], fake_wr = query_pool(
+    pools["WR"], jnp.concatenate([generated["wrong"], generated["wrong2"]]), keys[2], b
+  )
+  theta = alignment.similarity_theta(batch["landmarks"], config.data.landmark_frame)
+  crops = alignment.warp_to_crop(
+    jnp.concatenate([generated["anon"], generated["recon"], generated["wrong"], x]),
+    jnp.tile(theta, (4, 1, 1)),
+  )
+
+  def loss_fn(params):
+    stats = state.disc.batch_stats["discriminator"]
+    (cos, phi), _ = models.sphereface.apply({"params": params["sphereface"]}, crops)
+    cos, phi = (t.reshape((4, b) + t.shape[1:]) for t in (cos, phi))
+    fr = {
+      name: losses.angle_softmax(
+        cos[i], phi[i], labels, _angle_call(state.step, 1 + i, config)
+      )
+      for i, name in enumerate(("anon", "recon", "wrong", "real"))
+    }
+    fr_loss = lc.lambda_fr * 0.5 * (
+      fr["real"]
+      + (lc.lambda_fr_m * fr["anon"] - _negative(fr["recon"], config)
+         + lc.lambda_fr_wr * fr["wrong"]) / (1.0 + lc.lambda_fr_m + lc.lambda_fr_wr)
+    )
+
+    def call(method, *args):
+      nonlocal stats
+      out, stats = _apply(
+        models.discriminator, params["discriminator"], stats, *args,
+        train=True, mutable=True, method=method,
+      )
+      return out
+
+    fake = {}
+    for branch, images in (("M", fake_m), ("R", fake_r), ("WR", fake_wr)):
+      maps = (call("fine", images, branch), call("coarse", images))
+      fake[branch] = losses.lsgan(maps, 0.0)
+    # The reals go through all three branches; their coarse map is the same
+    # shared network on the same batch each time, so it is computed once and
+    # counted three times (identical value and gradient).
+    real_coarse = losses.lsgan((call("coarse", x),), 1.0)
+    real = {
+      branch: losses.lsgan((call("fine", x, branch),), 1.0) + real_coarse
+      for branch in models_lib.BRANCHES
+    }
+    gan_loss = lc.lambda_gan * 0.5 * (sum(fake.values()) / 3.0 + sum(real.values()) / 3.0)
+    loss = fr_loss + gan_loss
+    metrics = {"d/loss": loss, "d/fr": fr_loss, "d/gan": gan_loss}
+    metrics.update({f"d/fr_{k}": v for k, v in fr.items()})
+    metrics.update({f"d/gan_fake_{k}": v for k, v in fake.items()})
+    metrics.update({f"d/gan_real_{k}": v for k, v in real.items()})
+    new_stats = {"discriminator": stats, "sphereface": state.disc.batch_stats["sphereface"]}
+    return loss, (metrics, new_stats)
+
+  grads, (metrics, new_stats) = jax.grad(loss_fn, has_aux=True)(state.disc.params)
+  metrics["d/grad_norm"] = _global_norm(grads)
+  disc = state.disc.apply_gradients(grads, new_stats)
+  metrics["d/param_norm"] = _global_norm(disc.params)
+  metrics["d/fr_lambda"] = losses.angle_lambda(_angle_call(state.step, 4, config))
+  return state.replace(step=state.step + 1, disc=disc, pools=pools), metrics
+
+
+# ------------------------------------------------------------- compilation
+
+
+def check_batch(batch, config, num_devices: int) -> None:
+  """Validates a host batch before tracing; one clear line per problem."""
+  size = config.data.image_size
+  required = {"image": None, "label": None, "landmarks": None}
+  missing = [k for k in required if k not in batch]
+  if missing:
+    raise ValueError(f"batch is missing {missing}; it needs image, label, landmarks")
+  image, label, lm = batch["image"], batch["label"], batch["landmarks"]
+  b = image.shape[0]
+  if image.ndim != 4 or tuple(image.shape[1:]) != (size, size, 3):
+    raise ValueError(
+      f"batch['image'] has shape {tuple(image.shape)}; expected [B, {size}, {size}, 3]"
+    )
+  if image.dtype != np.float32:
+    raise ValueError(f"batch['image'] has dtype {image.dtype}; expected float32 in [-1, 1]")
+  if tuple(label.shape) != (b,) or not np.issubdtype(label.dtype, np.integer):
+    raise ValueError(f"batch['label'] must be int [{b}]; got {label.dtype} {tuple(label.shape)}")
+  if tuple(lm.shape) != (b, 5, 2):
+    raise ValueError(f"batch['landmarks'] has shape {tuple(lm.shape)}; expected [{b}, 5, 2]")
+  if b % num_devices:
+    raise ValueError(
+      f"batch size {b} is not divisible by the {num_devices} devices"
+    )
+  if isinstance(image, np.ndarray):
+    lo, hi = float(image.min()), float(image.max())
+    if lo < -1.0 - 1e-6 or hi > 1.0 + 1e-6:
+      raise ValueError(f"batch['image'] values span [{lo:.3g}, {hi:.3g}]; expected [-1, 1]")
+    classes = config.model.sphereface.num_classes
+    if label.min() < 0 or label.max() >= classes:
+      raise ValueError(
+        f"batch['label'] spans [{label.min()}, {label.max()}]; the A-Softmax head has {classes} classes"
+      )
+
+
+class TrainSteps:
+  """The two update steps jitted once, with shardings and state donation.
+
+  Call `steps.generator(state, batch, key)` then
+  `steps.discriminator(state, batch, generated, key)`, or `steps(state,
+  batch, key)` for a whole iteration. Batches are validated on the host
+  (shapes always; values when they are numpy arrays) before any tracing.
+  """
+
+  def __init__(self, models, config, mesh, state):
+    self.config = config
+    self.mesh = mesh
+    state_sh = ts.state_sharding(state, mesh)
+    data_sh = ts.batch_sharding(mesh)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    self.data_sharding = data_sh
+    self.generator = jax.jit(
+      functools.partial(generator_step, models=models, config=config),
+      in_shardings=(state_sh, data_sh, replicated),
+      out_shardings=(state_sh, data_sh, replicated),
+      donate_argnums=0,
+    )
+    self.discriminator = jax.jit(
+      functools.partial(discriminator_step, models=models, config=config),
+      in_shardings=(state_sh, data_sh, data_sh, replicated),
+      out_shardings=(state_sh, replicated),
+      donate_argnums=0,
+    )
+
+  def put_batch(self, batch) -> Batch:
+    """Validates a host batch and places it on the mesh (single-process)."""
+    check_batch(batch, self.config, self.mesh.size)
+    return {
+      k: jax.device_put(np.asarray(v), self.data_sharding)
+      for k, v in batch.items() if k in ("image", "label", "landmarks")
+    }
+
+  def __call__(self, state, batch, key) -> tuple[Any, dict[str, jax.Array]]:
+    if any(isinstance(v, np.ndarray) for v in batch.values()):
+      batch = self.put_batch(batch)
+    else:
+      check_batch(batch, self.config, self.mesh.size)
+    state, generated, g_metrics = self.generator(state, batch, key)
+    state, d_metrics = self.discriminator(state, batch, generated, key)
+    return state, {**g_metrics, **d_metrics}
