@@ -51,7 +51,7 @@ def _negative(loss, config):
 
 
 def _global_norm(tree):
-  return optax.global_norm(tree)
+  return optax.tree.norm(tree)
 
 
 def step_keys(key: jax.Array, step: jax.Array) -> dict[str, jax.Array]:

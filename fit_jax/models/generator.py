@@ -85,6 +85,13 @@ class Generator(nn.Module):
       [B, H, W, 3] in [-1, 1] (tanh), float32.
     """
     n = self.password_bits
+    if images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(f"images must be [B, H, W, 3]; got {images.shape}")
+    if password.shape != (images.shape[0], n):
+      raise ValueError(
+        f"password must be [B, {n}] (encoded bits) for B={images.shape[0]}; "
+        f"got {password.shape}"
+      )
     kernel = self.param(
       "conv_in", layers.conv_init, (7, 7, 3 + n, self.ngf), self.param_dtype
     )

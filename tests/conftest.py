@@ -1,0 +1,24 @@
+"""Test set-up: CPU only, 8 fake devices so mesh code runs as on a pod slice."""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ["XLA_FLAGS"] = (
+  os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pathlib  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(scope="session")
+def golden():
+  path = SHARED / "golden" / "reference_golden.npz"
+  if not path.exists():
+    pytest.fail(f"golden vectors missing: {path} (../shared must sit beside the repo)")
+  return dict(np.load(path))

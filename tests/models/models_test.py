@@ -1,0 +1,170 @@
+"""Networks: exact parameter counts, shapes, normalisation modes, API."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default, tiny
+from fit_jax import models as models_lib
+from fit_jax.models import discriminator as disc_lib
+from fit_jax.models import layers
+
+
+def _count(tree):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def test_parameter_counts_equal_reference():
+  m = models_lib.build_models(default.get_config().model)
+  key = jax.random.PRNGKey(0)
+  x = jnp.ones((2, 128, 128, 3))
+  z = jnp.ones((2, 16))
+  shapes = {
+    "G": jax.eval_shape(lambda: m.generator.init(key, x, z, train=True)),
+    "D": jax.eval_shape(lambda: m.discriminator.init(key, x, branch="M", train=True)),
+    "Q": jax.eval_shape(lambda: m.password_head.init(key, x, x, train=True)),
+    "FR": jax.eval_shape(lambda: m.sphereface.init(key, jnp.ones((2, 112, 96, 3)))),
+  }
+  counts = {k: _count(v["params"]) for k, v in shapes.items()}
+  assert counts == {"G": 11_433_795, "D": 11_062_528, "Q": 6_988_672, "FR": 28_084_544}
+  # The reference's BN has no running statistics: neither has batch_stats mode.
+  assert "batch_stats" not in shapes["G"]
+
+
+@pytest.fixture(scope="module")
+def tiny_models():
+  config = tiny.get_config()
+  return config, models_lib.build_models(config.model)
+
+
+def test_shapes_and_ranges(tiny_models):
+  config, m = tiny_models
+  key = jax.random.PRNGKey(0)
+  x = jax.random.uniform(key, (4, 64, 64, 3), minval=-1, maxval=1)
+  z = jax.random.bernoulli(key, 0.5, (4, 16)) - 0.5
+  vg = m.generator.init(key, x, z, train=True)
+  y = m.generator.apply(vg, x, z, train=True)
+  assert y.shape == x.shape and y.dtype == jnp.float32
+  assert float(jnp.abs(y).max()) <= 1.0
+  vd = m.discriminator.init(key, x, branch="M", train=True)
+  assert set(vd["params"]) == {"fine_M", "fine_R", "fine_WR", "coarse"}
+  fine, coarse = m.discriminator.apply(vd, x, branch="WR", train=True)
+  assert fine.shape == (4, 6, 6, 1) and coarse.shape == (4, 2, 2, 1)
+  vq = m.password_head.init(key, x, y, train=True)
+  assert m.password_head.apply(vq, x, y, train=True).shape == (4, 4, 16)
+  crops = jnp.zeros((4, 112, 96, 3)) + 0.1
+  vf = m.sphereface.init(key, crops)
+  (cos, phi), feats = m.sphereface.apply(vf, crops)
+  assert cos.shape == phi.shape == (4, 10) and feats.shape == (4, 512)
+  with pytest.raises(ValueError, match="branch"):
+    m.discriminator.apply(vd, x, branch="X", train=True)
+
+
+def test_paper_size_discriminator_maps():
+  d = disc_lib.MultiScaleDiscriminator(ndf=4)
+  x = jnp.ones((2, 128, 128, 3))
+  v = d.init(jax.random.PRNGKey(0), x, branch="M", train=True)
+  fine, coarse = d.apply(v, x, branch="M", train=True)
+  assert fine.shape == (2, 14, 14, 1) and coarse.shape == (2, 6, 6, 1)
+
+
+def test_avg_pool_excludes_padding():
+  x = jnp.arange(16.0).reshape(1, 4, 4, 1)
+  out = disc_lib.avg_pool_exclude_pad(x)
+  # Top-left window covers rows/cols 0..1 only: mean of 0, 1, 4, 5.
+  assert float(out[0, 0, 0, 0]) == pytest.approx(2.5)
+  # Interior window rows 1..3, cols 1..3.
+  assert float(out[0, 1, 1, 0]) == pytest.approx(np.mean([5, 6, 7, 9, 10, 11, 13, 14, 15]))
+
+
+def test_password_channels_folded_exactly():
+  # The generator folds the 16 constant password channels into a bias: it
+  # must equal the plain 19-channel reflect-padded 7x7 convolution.
+  g = models_lib.Generator(ngf=8, num_blocks=1)
+  key = jax.random.PRNGKey(2)
+  x = jax.random.uniform(key, (2, 32, 32, 3), minval=-1, maxval=1)
+  z = jax.random.bernoulli(key, 0.5, (2, 16)) - 0.5
+  v = g.init(key, x, z, train=True)
+  kernel = v["params"]["conv_in"]
+  full = jnp.concatenate([x, jnp.broadcast_to(z[:, None, None], (2, 32, 32, 16))], -1)
+  naive = jax.lax.conv_general_dilated(
+    layers.reflect_pad(full, 3), kernel, (1, 1), "VALID",
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  )
+  _, inter = g.apply(v, x, z, train=True, capture_intermediates=True)
+  del inter
+  folded = jax.lax.conv_general_dilated(
+    layers.reflect_pad(x, 3), kernel[:, :, :3], (1, 1), "VALID",
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  ) + (z @ kernel[:, :, 3:].sum((0, 1)))[:, None, None]
+  np.testing.assert_allclose(folded, naive, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["batch", "instance"])
+def test_deterministic_modes_do_not_depend_on_batch(mode):
+  g = models_lib.Generator(ngf=8, num_blocks=1, norm=mode)
+  key = jax.random.PRNGKey(3)
+  x = jax.random.uniform(key, (6, 32, 32, 3), minval=-1, maxval=1)
+  z = jax.random.bernoulli(key, 0.5, (6, 16)) - 0.5
+  v = g.init(key, x, z, train=True)
+  if mode == "batch":
+    _, updates = g.apply(v, x, z, train=True, mutable=["batch_stats"])
+    v = {**v, **updates}
+  alone = g.apply(v, x[:1], z[:1], train=False)
+  together = g.apply(v, x, z, train=False)
+  np.testing.assert_allclose(alone[0], together[0], atol=1e-5)
+
+
+def test_batch_stats_mode_depends_on_batch_and_groups():
+  # The reference mode normalises with the batch's statistics even at test
+  # time; groups reproduce the per-GPU statistics of DataParallel.
+  key = jax.random.PRNGKey(4)
+  x = jax.random.normal(key, (4, 8, 8, 2)) * 3 + 1
+  norm = layers.Norm("batch_stats")
+  v = norm.init(key, x, train=False)
+  whole = norm.apply(v, x, train=False)
+  assert not np.allclose(norm.apply(v, x[:2], train=False), whole[:2], atol=1e-3)
+  grouped = layers.Norm("batch_stats", group_size=2).apply(v, x, train=False)
+  np.testing.assert_allclose(grouped[:2], norm.apply(v, x[:2], train=False), atol=1e-5)
+  with pytest.raises(ValueError, match="divisible"):
+    layers.Norm("batch_stats", group_size=3).apply(v, x, train=False)
+
+
+def test_running_stats_follow_torch_momentum():
+  key = jax.random.PRNGKey(5)
+  x = jax.random.normal(key, (4, 8, 8, 2)) * 2 + 3
+  norm = layers.Norm("batch")
+  v = norm.init(key, x, train=True)
+  _, upd = norm.apply(v, x, train=True, mutable=["batch_stats"])
+  mean = np.asarray(x).mean(axis=(0, 1, 2))
+  var = np.asarray(x).var(axis=(0, 1, 2), ddof=1)
+  np.testing.assert_allclose(upd["batch_stats"]["mean"], 0.1 * mean, rtol=1e-5)
+  np.testing.assert_allclose(upd["batch_stats"]["var"], 0.9 + 0.1 * var, rtol=1e-5)
+
+
+def test_bfloat16_compute_keeps_float32_params(tiny_models):
+  config, _ = tiny_models
+  cfg = config.copy_and_resolve_references()
+  cfg.model.dtype = "bfloat16"
+  m = models_lib.build_models(cfg.model)
+  key = jax.random.PRNGKey(0)
+  x = jax.random.uniform(key, (2, 64, 64, 3), minval=-1, maxval=1)
+  z = jnp.full((2, 16), 0.5)
+  v = m.generator.init(key, x, z, train=True)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(v))
+  y16 = m.generator.apply(v, x, z, train=True)
+  m32 = models_lib.build_models(config.model)
+  y32 = m32.generator.apply(v, x, z, train=True)
+  assert y16.dtype == jnp.float32
+  # bf16 has 8 mantissa bits: outputs in [-1, 1] agree to a few 1e-2.
+  assert float(jnp.abs(y16 - y32).max()) < 0.1
+  assert float(jnp.abs(y16 - y32).mean()) < 0.02
+
+
+def test_bad_dtype_is_one_clear_error(tiny_models):
+  config, _ = tiny_models
+  cfg = config.copy_and_resolve_references()
+  cfg.model.dtype = "float16"
+  with pytest.raises(ValueError, match="config.model.dtype"):
+    models_lib.build_models(cfg.model)
