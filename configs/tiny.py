@@ -12,7 +12,6 @@ def get_config():
   config.data.source = "synthetic"
   config.data.root = ""
   config.data.image_size = 64
-  config.data.landmark_frame = 64.0
   config.data.num_workers = 0
   config.model.norm_group_size = 0
   config.model.generator.ngf = 8

@@ -13,14 +13,18 @@ same randomness; `discriminator_step` advances `state.step`.
 """
 
 import functools
+import os
+import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
+from PIL import Image
 
-from fit_jax import alignment, losses, passwords
+from fit_jax import alignment, input_pipeline, losses, passwords
 from fit_jax import models as models_lib
 from fit_jax import train_state as ts
 
@@ -416,3 +420,100 @@ class TrainSteps:
     state, generated, g_metrics = self.generator(state, batch, key)
     state, d_metrics = self.discriminator(state, batch, generated, key)
     return state, {**g_metrics, **d_metrics}
+
+
+# -------------------------------------------------------------------- loop
+
+
+def sample_grid(images: dict[str, np.ndarray], original: np.ndarray) -> np.ndarray:
+  """Rows of [original, anonymized, second anonymization, wrong recovery,
+  recovery] as one uint8 image [n*H, 5*W, 3]."""
+  order = [original, images["anon"], images["anon2"], images["wrong"], images["recon"]]
+  rows = np.concatenate([np.concatenate(list(col), axis=0) for col in order], axis=1)
+  return np.clip((rows + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _check_finite(metrics: dict[str, float], step: int) -> None:
+  bad = sorted(k for k, v in metrics.items() if not np.isfinite(v))
+  if bad:
+    raise FloatingPointError(f"non-finite loss at step {step}: {', '.join(bad)}")
+
+
+def train_and_evaluate(config, workdir: str) -> ts.FitState:
+  """Trains from scratch or resumes from the newest checkpoint in workdir.
+
+  Writes TensorBoard scalars (averaged over each logging window) and sample
+  grids (PNG files under workdir/samples too) and orbax checkpoints.
+  """
+  # clu's writers import TensorFlow; the update steps above must not.
+  from clu import metric_writers  # noqa: PLC0415
+
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  if config.data.source != "synthetic":
+    raise ValueError(
+      f"config.data.source={config.data.source!r}: only 'synthetic' is "
+      "implemented by this driver so far"
+    )
+  models = models_lib.build_models(config.model)
+  mesh = ts.make_mesh()
+  if config.train.batch_size % mesh.size:
+    raise ValueError(
+      f"config.train.batch_size={config.train.batch_size} is not divisible by "
+      f"the {mesh.size} devices"
+    )
+  key = jax.random.PRNGKey(config.seed)
+  init_key, step_key = jax.random.split(key)
+  state = ts.create_train_state(config, models, init_key, mesh)
+  manager = ocp.CheckpointManager(
+    os.path.join(workdir, "checkpoints"),
+    options=ocp.CheckpointManagerOptions(
+      max_to_keep=config.train.keep_checkpoints, create=True
+    ),
+  )
+  if manager.latest_step() is not None:
+    state = manager.restore(
+      manager.latest_step(), args=ocp.args.StandardRestore(state)
+    )
+  steps = TrainSteps(models, config, mesh, state)
+  data = input_pipeline.SyntheticFaces(
+    config.model.sphereface.num_classes, config.data.image_size, config.seed
+  )
+  num_steps = config.train.num_steps
+  writer = metric_writers.create_default_writer(
+    workdir, just_logging=jax.process_index() > 0
+  )
+  os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+  window: list[dict[str, jax.Array]] = []
+  first = int(state.step)
+  start = time.time()
+  for step in range(first, num_steps):
+    batch = data.batch(step, config.train.batch_size)
+    state, metrics = steps(state, batch, step_key)
+    window.append(metrics)
+    done = step + 1
+    if done % config.train.log_every == 0 or done == num_steps:
+      host = jax.device_get(window)
+      means = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+      _check_finite(means, done)
+      elapsed = time.time() - start
+      means["steps_per_s"] = (done - first) / max(elapsed, 1e-9)
+      means["eta_s"] = (num_steps - done) / max(means["steps_per_s"], 1e-9)
+      writer.write_scalars(done, means)
+      window = []
+    if done % config.train.eval_every == 0 or done == num_steps:
+      n = config.train.num_samples
+      sample = data.batch(0, config.train.batch_size, "eval")  # fixed
+      device_batch = steps.put_batch(sample)
+      # Evaluate a copy: the generator step donates its state argument.
+      _, generated, _ = steps.generator(jax.tree.map(jnp.copy, state), device_batch, step_key)
+      generated = {k: np.asarray(v)[:n] for k, v in jax.device_get(generated).items()}
+      grid = sample_grid(generated, sample["image"][:n])
+      writer.write_images(done, {"samples": grid[None]})
+      path = os.path.join(workdir, "samples", f"step_{done:07d}.png")
+      Image.fromarray(grid).save(path + ".tmp.png")
+      os.replace(path + ".tmp.png", path)
+    if done % config.train.checkpoint_every == 0 or done == num_steps:
+      manager.save(done, args=ocp.args.StandardSave(state))
+  manager.wait_until_finished()
+  writer.flush()
+  return state

@@ -42,7 +42,8 @@ def test_bad_lengths_and_values():
 def test_training_passwords_distinctness_and_complement():
   pw = passwords.sample_training_passwords(jax.random.PRNGKey(0), 4096, 4)
   assert set(pw) == {"anon", "anon2", "recover", "wrong", "wrong2"}
-  eq = lambda a, b: np.all(np.asarray(a) == np.asarray(b), axis=-1)
+  def eq(a, b):
+    return np.all(np.asarray(a) == np.asarray(b), axis=-1)
   np.testing.assert_array_equal(np.asarray(pw["recover"]), 1 - np.asarray(pw["anon"]))
   # With 4 bits collisions are frequent, so rejection is exercised heavily.
   assert not eq(pw["anon2"], pw["anon"]).any()

@@ -1,0 +1,38 @@
+"""Command line entry point: parses flags and runs training.
+
+  python -m fit_jax.main --config configs/demo.py --workdir /tmp/fit_demo
+"""
+
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Experiment config file (configs/*.py).", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples.")
+_DISTRIBUTED = flags.DEFINE_bool(
+  "distributed", False, "Call jax.distributed.initialize() (multi-host runs)."
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  import jax  # noqa: PLC0415  (after absl parsed the flags)
+
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()
+  from fit_jax import train  # noqa: PLC0415
+
+  workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
+  logging.info("JAX devices: %s", jax.devices())
+  train.train_and_evaluate(_CONFIG.value, workdir)
+  print(f"done: checkpoints in {workdir}/checkpoints, TensorBoard logs in "
+        f"{workdir}, sample grids in {workdir}/samples")
+
+
+if __name__ == "__main__":
+  app.run(main)

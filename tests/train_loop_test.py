@@ -1,0 +1,48 @@
+"""train_and_evaluate: checkpoints, logs, sample grids and resume (tiny)."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import tiny
+from fit_jax import input_pipeline, train
+
+
+def test_train_writes_outputs_and_resumes(tmp_path):
+  config = tiny.get_config()
+  config.train.num_steps = 2
+  state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 2
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+  grid = np.asarray(Image.open(tmp_path / "samples" / "step_0000002.png"))
+  assert grid.shape == (2 * 64, 5 * 64, 3) and grid.std() > 0
+  assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path))
+  config.train.num_steps = 3
+  resumed = train.train_and_evaluate(config, str(tmp_path))
+  assert int(resumed.step) == 3
+  assert "3" in os.listdir(tmp_path / "checkpoints")
+
+
+def test_non_finite_loss_names_step_and_term():
+  with pytest.raises(FloatingPointError, match="step 7: g/fr_anon"):
+    train._check_finite({"g/fr_anon": float("nan"), "g/loss": 1.0}, 7)
+
+
+def test_synthetic_faces_are_deterministic_and_valid():
+  data = input_pipeline.SyntheticFaces(10, 64, seed=0)
+  a, b = data.batch(5, 4), data.batch(5, 4)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k])
+  assert not np.array_equal(data.batch(6, 4)["image"], a["image"])
+  assert a["image"].dtype == np.float32 and a["image"].shape == (4, 64, 64, 3)
+  assert -1.0 <= a["image"].min() and a["image"].max() <= 1.0
+  assert a["landmarks"].shape == (4, 5, 2)
+  # Eyes above the nose above the mouth, left eye left of the right eye.
+  lm = a["landmarks"]
+  assert (lm[:, 0, 0] < lm[:, 1, 0]).all()
+  assert (lm[:, 2, 1] > lm[:, :2, 1].max(axis=1)).all()
+  assert (lm[:, 3:, 1].min(axis=1) > lm[:, 2, 1]).all()
+  train.check_batch(a, tiny.get_config(), jax.device_count())
