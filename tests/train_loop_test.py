@@ -2,7 +2,6 @@
 
 import os
 
-import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -45,4 +44,4 @@ def test_synthetic_faces_are_deterministic_and_valid():
   assert (lm[:, 0, 0] < lm[:, 1, 0]).all()
   assert (lm[:, 2, 1] > lm[:, :2, 1].max(axis=1)).all()
   assert (lm[:, 3:, 1].min(axis=1) > lm[:, 2, 1]).all()
-  train.check_batch(a, tiny.get_config(), jax.device_count())
+  train.check_batch(a, tiny.get_config(), num_devices=4)
