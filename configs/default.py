@@ -121,6 +121,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.checkpoint_every = 1000
   # Checkpoints kept in the workdir.
   config.train.keep_checkpoints = 3
+  # Converted checkpoint directory (python -m fit_jax.convert_torch) whose
+  # modules initialise a fresh run; empty: fresh init.
+  config.train.init_from = ""
   # Images in the sample grids written at each eval.
   config.train.num_samples = 8
   return config

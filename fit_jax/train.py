@@ -24,7 +24,7 @@ import optax
 import orbax.checkpoint as ocp
 from PIL import Image
 
-from fit_jax import alignment, input_pipeline, losses, passwords
+from fit_jax import alignment, input_pipeline, losses, passwords, pretrained
 from fit_jax import models as models_lib
 from fit_jax import train_state as ts
 
@@ -463,14 +463,17 @@ def train_and_evaluate(config, workdir: str) -> ts.FitState:
     )
   key = jax.random.PRNGKey(config.seed)
   init_key, step_key = jax.random.split(key)
-  state = ts.create_train_state(config, models, init_key, mesh)
   manager = ocp.CheckpointManager(
     os.path.join(workdir, "checkpoints"),
     options=ocp.CheckpointManagerOptions(
       max_to_keep=config.train.keep_checkpoints, create=True
     ),
   )
-  if manager.latest_step() is not None:
+  # Pretrained/converted weights only initialise a run; a resume restores all.
+  resuming = manager.latest_step() is not None
+  overrides = None if resuming else pretrained.initial_overrides(config)
+  state = ts.create_train_state(config, models, init_key, mesh, overrides)
+  if resuming:
     state = manager.restore(
       manager.latest_step(), args=ocp.args.StandardRestore(state)
     )

@@ -98,9 +98,13 @@ def _group(variables, names, tx):
   return NetState(params=params, batch_stats=stats, opt_state=tx.init(params), tx=tx)
 
 
-def state_from_variables(variables, config) -> FitState:
-  """A step-0 FitState from variables (fresh, converted or restored)."""
-  gen_tx, disc_tx = make_optimizers(config)
+def state_from_variables(variables, config, optimizers=None) -> FitState:
+  """A step-0 FitState from variables (fresh, converted or restored).
+
+  `optimizers` (gen_tx, disc_tx) are static parts of the state's tree
+  structure: states built with the same pair have the same treedef.
+  """
+  gen_tx, disc_tx = optimizers or make_optimizers(config)
   size = config.data.image_size
   pools = {
     b: {
@@ -132,11 +136,13 @@ def create_train_state(
       converted SphereFace); shapes must match the fresh ones.
   """
 
+  optimizers = make_optimizers(config)
+
   def init(key):
     variables = init_variables(
       models, key, config.data.image_size, config.model.password_bits
     )
-    return state_from_variables(variables, config)
+    return state_from_variables(variables, config, optimizers)
 
   abstract = jax.eval_shape(init, key)
   sharding = state_sharding(abstract, mesh)
@@ -147,7 +153,7 @@ def create_train_state(
       _check_same_shapes(variables[name], new, name)
       variables[name] = new
     state = jax.jit(
-      lambda v: state_from_variables(v, config), out_shardings=sharding
+      lambda v: state_from_variables(v, config, optimizers), out_shardings=sharding
     )(variables)
   return state
 

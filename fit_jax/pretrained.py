@@ -1,0 +1,69 @@
+"""Saving and loading converted or pretrained network variables (no torch).
+
+A converted checkpoint is an orbax PyTree directory holding
+{module: {'params': ...}} for some of `generator`, `discriminator`,
+`password_head`, `sphereface`. Training uses it as initialisation
+(`config.train.init_from`, `config.model.sphereface.pretrained`); inference
+loads the generator from it.
+"""
+
+import os
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+MODULES = ("generator", "discriminator", "password_head", "sphereface")
+
+
+def save_variables(directory: str, variables: dict) -> None:
+  """Writes variables atomically (orbax finalises a temporary directory)."""
+  unknown = sorted(set(variables) - set(MODULES))
+  if unknown:
+    raise ValueError(f"unknown modules {unknown}; expected some of {MODULES}")
+  path = os.path.abspath(os.path.expanduser(directory))
+  if os.path.exists(path):
+    raise FileExistsError(f"{path} exists; choose a new --out directory")
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(path, variables)
+
+
+def load_variables(directory: str) -> dict:
+  """Reads variables written by save_variables, as numpy arrays."""
+  path = os.path.abspath(os.path.expanduser(directory))
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{path}: no converted checkpoint directory")
+  with ocp.StandardCheckpointer() as checkpointer:
+    restored = checkpointer.restore(path)
+  return {k: _to_numpy(v) for k, v in restored.items()}
+
+
+def _to_numpy(tree):
+  if isinstance(tree, dict):
+    return {k: _to_numpy(v) for k, v in tree.items()}
+  return np.asarray(tree)
+
+
+def initial_overrides(config) -> dict:
+  """Variables that replace fresh ones at step 0, from the config.
+
+  config.train.init_from: a converted checkpoint directory (all modules in
+    it are used). config.model.sphereface.pretrained: a sphere20a .pth
+    (converted on the fly; needs torch) or a converted directory.
+  """
+  overrides = {}
+  init_from = config.train.get("init_from", "")
+  if init_from:
+    overrides.update(load_variables(init_from))
+  sphere = config.model.sphereface.pretrained
+  if sphere:
+    sphere = os.path.expanduser(sphere)
+    if os.path.isdir(sphere):
+      loaded = load_variables(sphere)
+      if "sphereface" not in loaded:
+        raise ValueError(f"{sphere} holds no 'sphereface' variables")
+      overrides["sphereface"] = loaded["sphereface"]
+    else:
+      from fit_jax import convert_torch  # noqa: PLC0415  (torch, optional)
+
+      overrides["sphereface"] = convert_torch.convert_sphereface(sphere, config)
+  return overrides
