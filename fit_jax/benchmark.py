@@ -22,8 +22,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from fit_jax import inference, train, train_state
 from fit_jax import models as models_lib
-from fit_jax import train, train_state
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", "configs/default.py", "Experiment config.", lock_config=False
@@ -33,6 +33,12 @@ _INFER_BATCH = flags.DEFINE_string("infer_batch", "256", "Comma-separated infere
 _DTYPES = flags.DEFINE_string("dtypes", "float32,bfloat16", "Compute dtypes.")
 _ITERS = flags.DEFINE_integer("iters", 10, "Timed calls after warm-up.")
 _MODES = flags.DEFINE_string("modes", "train,infer", "What to measure.")
+_TRAIN_VARIANTS = flags.DEFINE_string(
+  "train_variants", "fused", "fused (config.train.fuse_calls) and/or unfused."
+)
+_INFER_VARIANTS = flags.DEFINE_string(
+  "infer_variants", "folded", "folded (BN folded into convs) and/or running."
+)
 
 
 def random_batch(config, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -63,9 +69,10 @@ def _peak_memory() -> int | None:
   return stats.get("peak_bytes_in_use")
 
 
-def bench_train(config, batch_size: int, iters: int) -> dict:
+def bench_train(config, batch_size: int, iters: int, variant: str = "fused") -> dict:
   config = config.copy_and_resolve_references()
   config.train.batch_size = batch_size
+  config.train.fuse_calls = variant == "fused"
   if config.model.norm_group_size and batch_size % config.model.norm_group_size:
     config.model.norm_group_size = 0
   models = models_lib.build_models(config.model)
@@ -95,14 +102,14 @@ def bench_train(config, batch_size: int, iters: int) -> dict:
   seconds = (time.perf_counter() - t0) / iters
   loss = float(metrics["g/loss"])
   return {
-    "mode": "train_iteration", "batch": batch_size,
+    "mode": "train_iteration", "variant": variant, "batch": batch_size,
     "images_per_s": batch_size / seconds, "seconds": seconds,
     "compile_s": compile_s, "gflop_per_iter": flops / 1e9,
     "tflops_achieved": flops / seconds / 1e12, "finite_loss": bool(np.isfinite(loss)),
   }
 
 
-def bench_infer(config, batch_size: int, iters: int) -> dict:
+def bench_infer(config, batch_size: int, iters: int, variant: str = "folded") -> dict:
   config = config.copy_and_resolve_references()
   config.model.norm = "batch"  # per-image deterministic inference
   models = models_lib.build_models(config.model)
@@ -116,7 +123,10 @@ def bench_infer(config, batch_size: int, iters: int) -> dict:
   )(jax.random.PRNGKey(0))
   images = jnp.asarray(rng.uniform(-1, 1, (batch_size, size, size, 3)), jnp.float32)
   password = jnp.asarray(rng.integers(0, 2, (batch_size, n)) - 0.5, jnp.float32)
-  fn = jax.jit(lambda v, x, z: models.generator.apply(v, x, z, train=False))
+  generator = models.generator
+  if variant == "folded":
+    generator, variables = inference.fold_batch_norm(generator, variables)
+  fn = jax.jit(lambda v, x, z: generator.apply(v, x, z, train=False))
   t0 = time.perf_counter()
   compiled = fn.lower(variables, images, password).compile()
   compile_s = time.perf_counter() - t0
@@ -130,7 +140,7 @@ def bench_infer(config, batch_size: int, iters: int) -> dict:
   jax.block_until_ready(out)
   seconds = (time.perf_counter() - t0) / iters
   return {
-    "mode": "generator_inference", "batch": batch_size,
+    "mode": "generator_inference", "variant": variant, "batch": batch_size,
     "images_per_s": batch_size / seconds, "seconds": seconds,
     "compile_s": compile_s, "gflop_per_call": flops / 1e9,
     "tflops_achieved": flops / seconds / 1e12,
@@ -146,11 +156,13 @@ def main(argv):
     config.model.dtype = dtype
     jobs = []
     if "train" in _MODES.value:
-      jobs += [(bench_train, int(b)) for b in _TRAIN_BATCH.value.split(",") if b]
+      jobs += [(bench_train, int(b), v) for b in _TRAIN_BATCH.value.split(",") if b
+               for v in _TRAIN_VARIANTS.value.split(",")]
     if "infer" in _MODES.value:
-      jobs += [(bench_infer, int(b)) for b in _INFER_BATCH.value.split(",") if b]
-    for fn, batch in jobs:
-      result = fn(config, batch, _ITERS.value)
+      jobs += [(bench_infer, int(b), v) for b in _INFER_BATCH.value.split(",") if b
+               for v in _INFER_VARIANTS.value.split(",")]
+    for fn, batch, variant in jobs:
+      result = fn(config, batch, _ITERS.value, variant)
       result.update(
         dtype=dtype, device=jax.devices()[0].device_kind,
         num_devices=jax.device_count(), peak_memory_bytes=_peak_memory(),

@@ -54,6 +54,11 @@ def _negative(loss, config):
   return losses.bounded_negative(loss, config.loss.negative_angle_bound)
 
 
+def _split(array: jax.Array, parts: int) -> list[jax.Array]:
+  """Splits a fused call's output back into its equal batch chunks."""
+  return jnp.split(array, parts, axis=0)
+
+
 def _global_norm(tree):
   return optax.tree.norm(tree)
 
@@ -93,53 +98,77 @@ def generator_step(
     g_stats = state.gen.batch_stats["generator"]
     q_stats = state.gen.batch_stats["password_head"]
 
-    def gen(images, password):
+    fuse = config.train.fuse_calls
+
+    def gen(images, password, groups=1):
       nonlocal g_stats
       out, g_stats = _apply(
         models.generator, params["generator"], g_stats, images, password,
-        train=True, mutable=True,
+        train=True, mutable=True, stat_groups=groups,
       )
       return out
 
-    # The reference's order: A, R, A2, W, W2 (matters for running stats).
-    anon = gen(x, enc["anon"])
-    recon = gen(anon, enc["recover"])
-    anon2 = gen(x, enc["anon2"])
-    wrong = gen(anon, enc["wrong"])
-    wrong2 = gen(anon, enc["wrong2"])
+    if fuse:
+      # Two calls instead of five: A and A2 share the input x, and R, W, W2
+      # share the input A. Stat groups keep each pass's statistics apart.
+      anon, anon2 = _split(gen(
+        jnp.concatenate([x, x]),
+        jnp.concatenate([enc["anon"], enc["anon2"]]), groups=2), 2)
+      recon, wrong, wrong2 = _split(gen(
+        jnp.concatenate([anon, anon, anon]),
+        jnp.concatenate([enc["recover"], enc["wrong"], enc["wrong2"]]), groups=3), 3)
+    else:
+      # The reference's order: A, R, A2, W, W2 (matters for running stats).
+      anon = gen(x, enc["anon"])
+      recon = gen(anon, enc["recover"])
+      anon2 = gen(x, enc["anon2"])
+      wrong = gen(anon, enc["wrong"])
+      wrong2 = gen(anon, enc["wrong2"])
 
     # D and FR are frozen here but in train mode (batch statistics), as the
     # original's set_requires_grad(False); their stat updates are dropped.
-    def disc(images, branch):
+    def disc(method, *args, **kwargs):
       out, _ = _apply(
         models.discriminator, disc_params["discriminator"],
-        disc_stats["discriminator"], images, branch=branch, train=True,
-        mutable=True,
+        disc_stats["discriminator"], *args, train=True, mutable=True,
+        method=method, **kwargs,
       )
       return out
 
+    fakes = {"M": anon, "R": recon, "WR": wrong}
+    if fuse:
+      coarse = dict(zip(models_lib.BRANCHES, _split(disc(
+        "coarse", jnp.concatenate(list(fakes.values())), stat_groups=3), 3)))
+    else:
+      coarse = {b: disc("coarse", fakes[b]) for b in models_lib.BRANCHES}
     gan = {
-      "M": losses.lsgan(disc(anon, "M"), 1.0),
-      "R": losses.lsgan(disc(recon, "R"), 1.0),
-      "WR": losses.lsgan(disc(wrong, "WR"), 1.0),
+      b: losses.lsgan((disc("fine", fakes[b], b), coarse[b]), 1.0)
+      for b in models_lib.BRANCHES
     }
     gan_loss = lc.lambda_gan * (
       lc.lambda_gan_m * gan["M"] + lc.lambda_gan_recon * gan["R"]
       + lc.lambda_gan_wr * gan["WR"]
     ) / 3.0
 
-    def q(first, second):
+    def q(first, second, groups=1):
       nonlocal q_stats
       out, q_stats = _apply(
         models.password_head, params["password_head"], q_stats, first, second,
-        train=True, mutable=True,
+        train=True, mutable=True, stat_groups=groups,
       )
       return out
 
+    pairs = [(x, anon), (anon, recon), (anon, wrong)]
+    if fuse:
+      logits = _split(q(
+        jnp.concatenate([p[0] for p in pairs]),
+        jnp.concatenate([p[1] for p in pairs]), groups=3), 3)
+    else:
+      logits = [q(*p) for p in pairs]
     q_pairs = {
-      "anon": (q(x, anon), passwords.digits(pw_bits["anon"])),
-      "recon": (q(anon, recon), passwords.digits(pw_bits["recover"])),
-      "wrong": (q(anon, wrong), passwords.digits(pw_bits["wrong"])),
+      "anon": (logits[0], passwords.digits(pw_bits["anon"])),
+      "recon": (logits[1], passwords.digits(pw_bits["recover"])),
+      "wrong": (logits[2], passwords.digits(pw_bits["wrong"])),
     }
     q_ce = {k: losses.password_cross_entropy(*v) for k, v in q_pairs.items()}
     q_loss = lc.lambda_dis * sum(q_ce.values())
@@ -301,25 +330,42 @@ def discriminator_step(
          + lc.lambda_fr_wr * fr["wrong"]) / (1.0 + lc.lambda_fr_m + lc.lambda_fr_wr)
     )
 
-    def call(method, *args):
+    def call(method, *args, **kwargs):
       nonlocal stats
       out, stats = _apply(
         models.discriminator, params["discriminator"], stats, *args,
-        train=True, mutable=True, method=method,
+        train=True, mutable=True, method=method, **kwargs,
       )
       return out
 
-    fake = {}
-    for branch, images in (("M", fake_m), ("R", fake_r), ("WR", fake_wr)):
-      maps = (call("fine", images, branch), call("coarse", images))
-      fake[branch] = losses.lsgan(maps, 0.0)
+    fakes = {"M": fake_m, "R": fake_r, "WR": fake_wr}
     # The reals go through all three branches; their coarse map is the same
     # shared network on the same batch each time, so it is computed once and
     # counted three times (identical value and gradient).
-    real_coarse = losses.lsgan((call("coarse", x),), 1.0)
+    if config.train.fuse_calls:
+      # One coarse call for the three fake branches and the reals, and one
+      # fine call per branch for its fakes and the reals; stat groups keep
+      # every original call's batch statistics apart.
+      *coarse_fake, coarse_real = _split(call(
+        "coarse", jnp.concatenate([*fakes.values(), x]), stat_groups=4), 4)
+      coarse_fake = dict(zip(models_lib.BRANCHES, coarse_fake))
+      fine_fake, fine_real = {}, {}
+      for branch in models_lib.BRANCHES:
+        fine_fake[branch], fine_real[branch] = _split(call(
+          "fine", jnp.concatenate([fakes[branch], x]), branch, stat_groups=2), 2)
+    else:
+      coarse_fake = {b: call("coarse", fakes[b]) for b in models_lib.BRANCHES}
+      fine_fake = {b: call("fine", fakes[b], b) for b in models_lib.BRANCHES}
+      coarse_real = call("coarse", x)
+      fine_real = {b: call("fine", x, b) for b in models_lib.BRANCHES}
+    fake = {
+      b: losses.lsgan((fine_fake[b], coarse_fake[b]), 0.0)
+      for b in models_lib.BRANCHES
+    }
+    real_coarse = losses.lsgan((coarse_real,), 1.0)
     real = {
-      branch: losses.lsgan((call("fine", x, branch),), 1.0) + real_coarse
-      for branch in models_lib.BRANCHES
+      b: losses.lsgan((fine_real[b],), 1.0) + real_coarse
+      for b in models_lib.BRANCHES
     }
     gan_loss = lc.lambda_gan * 0.5 * (sum(fake.values()) / 3.0 + sum(real.values()) / 3.0)
     loss = fr_loss + gan_loss

@@ -38,7 +38,7 @@ class PatchGAN(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool, stat_groups: int = 1) -> jax.Array:
     pad = ((1, 1), (1, 1))
     x = x.astype(self.dtype)
     for i in range(self.num_layers + 1):
@@ -54,7 +54,7 @@ class PatchGAN(nn.Module):
         x = layers.Norm(
           self.norm, self.norm_group_size, dtype=self.dtype,
           param_dtype=self.param_dtype, name=f"norm_{i}",
-        )(x, train)
+        )(x, train, stat_groups)
       x = nn.leaky_relu(x, 0.2)
     x = nn.Conv(
       1, (4, 4), padding=pad, use_bias=False, kernel_init=layers.conv_init,
@@ -100,10 +100,16 @@ class MultiScaleDiscriminator(nn.Module):
         self.fine(images, b, train)
     return self.fine(images, branch, train), self.coarse(images, train)
 
-  def fine(self, images: jax.Array, branch: str, train: bool) -> jax.Array:
+  def fine(
+    self, images: jax.Array, branch: str, train: bool, stat_groups: int = 1
+  ) -> jax.Array:
+    """The fine PatchGAN of one branch."""
     if branch not in BRANCHES:
       raise ValueError(f"branch {branch!r} is not one of {BRANCHES}")
-    return self.fine_nets[branch](images, train)
+    return self.fine_nets[branch](images, train, stat_groups)
 
-  def coarse(self, images: jax.Array, train: bool) -> jax.Array:
-    return self.coarse_net(avg_pool_exclude_pad(images.astype(jnp.float32)), train)
+  def coarse(self, images: jax.Array, train: bool, stat_groups: int = 1) -> jax.Array:
+    """The shared coarse PatchGAN; `stat_groups` batches several branches."""
+    return self.coarse_net(
+      avg_pool_exclude_pad(images.astype(jnp.float32)), train, stat_groups
+    )

@@ -26,7 +26,7 @@ class ResnetBlock(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool, stat_groups: int = 1) -> jax.Array:
     y = x
     for i in range(2):
       y = nn.Conv(
@@ -37,7 +37,7 @@ class ResnetBlock(nn.Module):
       y = layers.Norm(
         self.norm, self.norm_group_size, dtype=self.dtype,
         param_dtype=self.param_dtype, name=f"norm_{i}",
-      )(y, train)
+      )(y, train, stat_groups)
       if i == 0:
         y = nn.relu(y)
     # No activation after the addition, as the original ResnetBlock.
@@ -72,7 +72,8 @@ class Generator(nn.Module):
 
   @nn.compact
   def __call__(
-    self, images: jax.Array, password: jax.Array, train: bool
+    self, images: jax.Array, password: jax.Array, train: bool,
+    stat_groups: int = 1,
   ) -> jax.Array:
     """Transforms images under a password.
 
@@ -80,6 +81,8 @@ class Generator(nn.Module):
       images: [B, H, W, 3] in [-1, 1].
       password: [B, N] encoded password (bits - 0.5, see passwords.encode).
       train: whether batch statistics are updated (mode `batch`).
+      stat_groups: equal batch chunks normalised separately (see
+        layers.Norm): G on concatenated inputs equals G on each.
 
     Returns:
       [B, H, W, 3] in [-1, 1] (tanh), float32.
@@ -110,7 +113,7 @@ class Generator(nn.Module):
       jnp.sum(kernel[:, :, 3:].astype(jnp.float32), axis=(0, 1)),
     )
     x = x + password_bias[:, None, None, :].astype(self.dtype)
-    x = nn.relu(self._norm("norm_in")(x, train))
+    x = nn.relu(self._norm("norm_in")(x, train, stat_groups))
 
     features = self.ngf
     for i in range(self.num_downsampling):
@@ -120,13 +123,13 @@ class Generator(nn.Module):
         kernel_init=layers.conv_init, dtype=self.dtype,
         param_dtype=self.param_dtype, name=f"down_{i}",
       )(layers.reflect_pad(x, 1))
-      x = nn.relu(self._norm(f"down_norm_{i}")(x, train))
+      x = nn.relu(self._norm(f"down_norm_{i}")(x, train, stat_groups))
 
     for i in range(self.num_blocks):
       x = ResnetBlock(
         self.norm, self.norm_group_size, dtype=self.dtype,
         param_dtype=self.param_dtype, name=f"block_{i}",
-      )(x, train)
+      )(x, train, stat_groups)
 
     for i in range(self.num_downsampling):
       features //= 2
@@ -140,7 +143,7 @@ class Generator(nn.Module):
         kernel_init=layers.conv_init, dtype=self.dtype,
         param_dtype=self.param_dtype, name=f"up_{i}",
       )(layers.reflect_pad(x, 1))
-      x = nn.relu(self._norm(f"up_norm_{i}")(x, train))
+      x = nn.relu(self._norm(f"up_norm_{i}")(x, train, stat_groups))
 
     x = nn.Conv(
       3, (7, 7), padding="VALID", use_bias=True, kernel_init=layers.conv_init,

@@ -16,7 +16,7 @@ Dtype = Any
 # CycleGAN's `init_weights(net, 'normal', 0.02)` in the original networks.py.
 conv_init = nn.initializers.normal(stddev=0.02)
 
-NORM_MODES = ("batch_stats", "batch", "instance")
+NORM_MODES = ("batch_stats", "batch", "instance", "folded")
 
 
 def reflect_pad(x: jax.Array, pad: int) -> jax.Array:
@@ -39,11 +39,18 @@ class Norm(nn.Module):
     instance: per-image, per-channel statistics (affine, unlike CycleGAN's
       default InstanceNorm, so every mode has the same parameters and a
       reference checkpoint loads into any of them). Per-image deterministic.
+    folded: inference only; `batch` mode's running statistics and scale
+      already folded into the preceding convolution (fit_jax.inference), so
+      only a per-channel bias is left, which XLA fuses into the convolution.
 
   `group_size` > 0 computes batch statistics over consecutive groups of that
   many images, the way the reference's DataParallel computed them per GPU
   (12 images each); 0 uses the whole (global) batch. Statistics are always
   computed in float32.
+
+  `stat_groups` (a call argument) splits the batch into that many equal
+  chunks whose statistics never mix: one call on concatenated inputs then
+  computes exactly what separate calls on each input would.
   """
 
   mode: str = "batch_stats"
@@ -54,10 +61,13 @@ class Norm(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool, stat_groups: int = 1) -> jax.Array:
     if self.mode not in NORM_MODES:
       raise ValueError(f"norm mode {self.mode!r} is not one of {NORM_MODES}")
     features = x.shape[-1]
+    if self.mode == "folded":
+      bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
+      return x + bias.astype(x.dtype)
     scale = self.param(
       "scale",
       lambda k, s, d: 1.0 + 0.02 * jax.random.normal(k, s, d),
@@ -80,10 +90,13 @@ class Norm(nn.Module):
         return self._normalize(x32, ra_mean.value, ra_var.value, scale, bias)
 
     batch = x32.shape[0]
-    group = self.group_size if 0 < self.group_size < batch else batch
-    if batch % group:
+    if batch % stat_groups:
+      raise ValueError(f"batch {batch} is not divisible into {stat_groups} stat groups")
+    chunk = batch // stat_groups
+    group = self.group_size if 0 < self.group_size < chunk else chunk
+    if chunk % group:
       raise ValueError(
-        f"batch {batch} is not divisible by the norm group size {group}"
+        f"batch {chunk} is not divisible by the norm group size {group}"
       )
     grouped = x32.reshape((batch // group, group) + x32.shape[1:])
     mean, var = _moments(grouped, axes=(1, 2, 3))

@@ -33,7 +33,8 @@ class PasswordHead(nn.Module):
 
   @nn.compact
   def __call__(
-    self, first: jax.Array, second: jax.Array, train: bool
+    self, first: jax.Array, second: jax.Array, train: bool,
+    stat_groups: int = 1,
   ) -> jax.Array:
     """Digit logits of the password mapping `first` to `second`.
 
@@ -65,7 +66,7 @@ class PasswordHead(nn.Module):
         x = layers.Norm(
           self.norm, self.norm_group_size, dtype=self.dtype,
           param_dtype=self.param_dtype, name=f"norm_{i}",
-        )(x, train)
+        )(x, train, stat_groups)
       x = nn.leaky_relu(x, 0.2)
     # AvgPool2d(2) of the 2x2 map at 128x128; a global mean generalises it to
     # the smaller images of the test configs.
