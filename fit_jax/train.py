@@ -140,10 +140,10 @@ def generator_step(
       coarse = dict(zip(models_lib.BRANCHES, _split(disc(
         "coarse", jnp.concatenate(list(fakes.values())), stat_groups=3), 3)))
     else:
-      coarse = {b: disc("coarse", fakes[b]) for b in models_lib.BRANCHES}
+      coarse = {br: disc("coarse", fakes[br]) for br in models_lib.BRANCHES}
     gan = {
-      b: losses.lsgan((disc("fine", fakes[b], b), coarse[b]), 1.0)
-      for b in models_lib.BRANCHES
+      br: losses.lsgan((disc("fine", fakes[br], br), coarse[br]), 1.0)
+      for br in models_lib.BRANCHES
     }
     gan_loss = lc.lambda_gan * (
       lc.lambda_gan_m * gan["M"] + lc.lambda_gan_recon * gan["R"]
@@ -354,18 +354,18 @@ def discriminator_step(
         fine_fake[branch], fine_real[branch] = _split(call(
           "fine", jnp.concatenate([fakes[branch], x]), branch, stat_groups=2), 2)
     else:
-      coarse_fake = {b: call("coarse", fakes[b]) for b in models_lib.BRANCHES}
-      fine_fake = {b: call("fine", fakes[b], b) for b in models_lib.BRANCHES}
+      coarse_fake = {br: call("coarse", fakes[br]) for br in models_lib.BRANCHES}
+      fine_fake = {br: call("fine", fakes[br], br) for br in models_lib.BRANCHES}
       coarse_real = call("coarse", x)
-      fine_real = {b: call("fine", x, b) for b in models_lib.BRANCHES}
+      fine_real = {br: call("fine", x, br) for br in models_lib.BRANCHES}
     fake = {
-      b: losses.lsgan((fine_fake[b], coarse_fake[b]), 0.0)
-      for b in models_lib.BRANCHES
+      br: losses.lsgan((fine_fake[br], coarse_fake[br]), 0.0)
+      for br in models_lib.BRANCHES
     }
     real_coarse = losses.lsgan((coarse_real,), 1.0)
     real = {
-      b: losses.lsgan((fine_real[b],), 1.0) + real_coarse
-      for b in models_lib.BRANCHES
+      br: losses.lsgan((fine_real[br],), 1.0) + real_coarse
+      for br in models_lib.BRANCHES
     }
     gan_loss = lc.lambda_gan * 0.5 * (sum(fake.values()) / 3.0 + sum(real.values()) / 3.0)
     loss = fr_loss + gan_loss
