@@ -1,4 +1,13 @@
-"""Input data. For now: the synthetic face source, the project's own data.
+"""Input data: face folders with landmark files, and synthetic faces.
+
+Every source is a pure function of (seed, step) -> batch, built on grain's
+random-access MapDataset (shuffle per epoch, repeat, batch): a resumed run
+sees exactly the batches an uninterrupted run would, with no iterator state
+beyond the step. Preprocessing is the reference's (PIL RGB, bicubic resize to
+the model size, [-1, 1]); landmarks are rescaled from each image's own size
+into `config.data.landmark_frame`, so images of any size align correctly.
+
+The synthetic source (the project's own data, used by the demo and tests):
 
 Procedural faces with identity labels and exact 5-point landmarks (left eye,
 right eye, nose, left and right mouth corners, as MTCNN's order), rendered
@@ -10,6 +19,10 @@ download. Batches are a pure function of (seed, step): a resumed run sees
 exactly the batches an uninterrupted one would.
 """
 
+import dataclasses
+import os
+
+import grain
 import numpy as np
 from PIL import Image
 
@@ -98,11 +111,22 @@ class SyntheticFaces:
     self.image_size = image_size
     self.seed = seed
 
-  def batch(self, step: int, batch_size: int, split: str = "train") -> dict[str, np.ndarray]:
-    """The batch of a step; split 'eval' draws from a separate stream."""
+  @property
+  def num_examples(self) -> int | None:
+    return None  # unbounded: set config.train.num_steps
+
+  def batch(
+    self, step: int, batch_size: int, split: str = "train", shard=(0, 1)
+  ) -> dict[str, np.ndarray]:
+    """Rows of the batch of a step for process shard (index, count); split
+    'eval' draws from a separate stream."""
     rng = np.random.default_rng([self.seed, step, {"train": 3, "eval": 5}[split]])
     labels = rng.integers(0, self.num_identities, batch_size)
     samples = rng.integers(0, 2**31, batch_size)
+    index, count = shard
+    local = batch_size // count
+    labels = labels[index * local:(index + 1) * local]
+    samples = samples[index * local:(index + 1) * local]
     images, landmarks = [], []
     for identity, sample in zip(labels, samples):
       img, lm = render_face(int(identity), int(sample), self.seed)
@@ -113,3 +137,201 @@ class SyntheticFaces:
       "label": labels.astype(np.int32),
       "landmarks": np.stack(landmarks),  # in the 250x250 frame
     }
+
+
+# ----------------------------------------------------------- face folders
+
+
+class BadRecordError(ValueError):
+  """A record that cannot be used, named by file and line or path."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+  relpath: str
+  label: int
+  landmarks: np.ndarray  # [5, 2] pixels of the original image
+  where: str  # "file:line" for messages
+
+
+def parse_landmark_file(
+  path: str, with_labels: bool, on_bad_record: str = "error"
+) -> tuple[list[Record], list[str]]:
+  """Reads the reference's landmark file formats.
+
+  `relpath x1 y1 ... x5 y5` (LFW) or `relpath label x1 ... y5` (CASIA).
+  Without labels, an image's label is the index of its identity folder
+  among the sorted folder names.
+
+  Returns:
+    (records, problems): problems are "file:line: reason" of skipped lines
+    when on_bad_record == 'skip'.
+
+  Raises:
+    BadRecordError: the first bad line, when on_bad_record == 'error'.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path}: landmark file not found")
+  records, problems = [], []
+  expected = 12 if with_labels else 11
+  with open(path) as f:
+    for number, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      fields = line.split()
+      where = f"{path}:{number}"
+      try:
+        if len(fields) != expected:
+          raise BadRecordError(
+            f"{where}: expected {expected} fields "
+            f"({'path label' if with_labels else 'path'} + 10 coordinates), got {len(fields)}"
+          )
+        label = int(fields[1]) if with_labels else -1
+        coords = np.array([float(v) for v in fields[-10:]], np.float32).reshape(5, 2)
+        if not np.all(np.isfinite(coords)):
+          raise BadRecordError(f"{where}: non-finite landmark coordinates")
+      except ValueError as e:
+        error = e if isinstance(e, BadRecordError) else BadRecordError(f"{where}: {e}")
+        if on_bad_record == "error":
+          raise error from None
+        problems.append(str(error))
+        continue
+      records.append(Record(fields[0], label, coords, where))
+  if not with_labels:
+    names = sorted({r.relpath.split("/")[0] for r in records})
+    index = {n: i for i, n in enumerate(names)}
+    records = [dataclasses.replace(r, label=index[r.relpath.split("/")[0]]) for r in records]
+  return records, problems
+
+
+def load_image(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+  """Decodes any PIL-readable image to [size, size, 3] float32 in [-1, 1].
+
+  Grayscale, CMYK, palette, alpha and 16-bit images are converted to RGB as
+  the reference's PIL `.convert('RGB')`. Returns the image and its original
+  (width, height).
+
+  Raises:
+    BadRecordError: naming the file, for unreadable or truncated data.
+  """
+  try:
+    with Image.open(path) as im:
+      im.load()
+      original = im.size
+      if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        im = Image.fromarray((np.asarray(im, np.float64) / 257.0).clip(0, 255).astype(np.uint8))
+      rgb = im.convert("RGB")
+  except FileNotFoundError:
+    raise BadRecordError(f"{path}: file not found") from None
+  except Exception as e:  # PIL raises many types for bad data
+    raise BadRecordError(f"{path}: unreadable image ({type(e).__name__}: {e})") from None
+  if min(original) < 8:
+    raise BadRecordError(f"{path}: image of {original[0]}x{original[1]} pixels is too small")
+  return preprocess(np.asarray(rgb), size), original
+
+
+class FaceFolder:
+  """Batches from an image folder with a landmark file, per step.
+
+  Args:
+    root: folder the landmark file's relative paths start from.
+    landmark_file: the reference's format (see parse_landmark_file).
+    with_labels: CASIA format (labels in the file) or LFW (labels from folders).
+    image_size: model input size.
+    landmark_frame: frame the models' alignment expects (config.data).
+    num_classes: labels must lie in [0, num_classes).
+    on_bad_record: 'error' raises naming the file/line; 'skip' replaces the
+      record by the next good one (deterministically) and counts it.
+    seed: shuffling seed (a new permutation every epoch).
+    identities: optional set of identity folder names to keep.
+  """
+
+  def __init__(self, root, landmark_file, *, with_labels, image_size,
+               landmark_frame, num_classes, on_bad_record="error", seed=0,
+               identities=None):
+    if on_bad_record not in ("error", "skip"):
+      raise ValueError(f"config.data.on_bad_record={on_bad_record!r}: use 'error' or 'skip'")
+    if not os.path.isdir(root):
+      raise FileNotFoundError(f"config.data.root={root!r} is not a folder")
+    records, self.problems = parse_landmark_file(landmark_file, with_labels, on_bad_record)
+    if identities is not None:
+      records = [r for r in records if r.relpath.split("/")[0] in identities]
+    good = []
+    for r in records:
+      if not 0 <= r.label < num_classes:
+        message = f"{r.where}: label {r.label} is outside [0, {num_classes}) (unknown identity)"
+        if on_bad_record == "error":
+          raise BadRecordError(message)
+        self.problems.append(message)
+        continue
+      good.append(r)
+    if not good:
+      raise ValueError(f"{landmark_file}: no usable records")
+    self.records = good
+    self.root = root
+    self.image_size = image_size
+    self.landmark_frame = landmark_frame
+    self.on_bad_record = on_bad_record
+    self.skipped: dict[str, str] = {}
+    self.seed = seed
+    self.dataset = grain.MapDataset.range(len(good)).shuffle(seed=seed).repeat()
+
+  @property
+  def num_examples(self) -> int:
+    return len(self.records)
+
+  def example(self, index: int) -> dict[str, np.ndarray]:
+    """One decoded record; bad ones are replaced by the next in 'skip' mode."""
+    n = len(self.records)
+    for offset in range(min(n, 64)):
+      record = self.records[(index + offset) % n]
+      try:
+        image, (width, height) = load_image(os.path.join(self.root, record.relpath), self.image_size)
+      except BadRecordError as e:
+        if self.on_bad_record == "error":
+          raise
+        self.skipped[record.relpath] = str(e)
+        continue
+      scale = np.array([self.landmark_frame / width, self.landmark_frame / height], np.float32)
+      return {"image": image, "label": np.int32(record.label),
+              "landmarks": record.landmarks * scale}
+    raise BadRecordError(f"{self.root}: 64 consecutive unreadable records near index {index}")
+
+  def batch(
+    self, step: int, batch_size: int, split: str = "train", shard=(0, 1)
+  ) -> dict[str, np.ndarray]:
+    """Rows of global batch `step` for process shard (index, count).
+
+    Split 'eval' is a fixed, unshuffled batch. Each process decodes only its
+    contiguous slice of the global batch.
+    """
+    index, count = shard
+    local = batch_size // count
+    rows = range(index * local, (index + 1) * local)
+    if split == "eval":
+      indices = [i % len(self.records) for i in rows]
+    else:
+      indices = [self.dataset[step * batch_size + i] for i in rows]
+    examples = [self.example(int(i)) for i in indices]
+    return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+
+def build_source(config):
+  """The configured source (config.data.source)."""
+  data = config.data
+  if data.source == "synthetic":
+    return SyntheticFaces(config.model.sphereface.num_classes, data.image_size, config.seed)
+  if data.source in ("lfw_folder", "casia", "folder"):
+    root = os.path.expanduser(data.root)
+    landmarks = os.path.expanduser(data.landmarks) if data.landmarks else os.path.join(
+      os.path.dirname(root.rstrip("/")),
+      "casia_landmark.txt" if data.source == "casia" else "lfw_landmark.txt")
+    return FaceFolder(
+      root, landmarks, with_labels=data.source == "casia",
+      image_size=data.image_size, landmark_frame=data.landmark_frame,
+      num_classes=config.model.sphereface.num_classes,
+      on_bad_record=data.on_bad_record, seed=config.seed,
+    )
+  raise ValueError(
+    f"config.data.source={data.source!r}: use synthetic, lfw_folder, casia or folder"
+  )

@@ -451,11 +451,21 @@ class TrainSteps:
     )
 
   def put_batch(self, batch) -> Batch:
-    """Validates a host batch and places it on the mesh (single-process)."""
-    check_batch(batch, self.config, self.mesh.size)
+    """Validates a host batch and places it on the mesh.
+
+    Single process: `batch` is the global batch. Multi-host: it is this
+    process's contiguous slice, and the global array is assembled with
+    jax.make_array_from_process_local_data.
+    """
+    processes = jax.process_count()
+    local_devices = self.mesh.size // processes
+    check_batch(batch, self.config, local_devices)
+    keys = ("image", "label", "landmarks")
+    if processes == 1:
+      return {k: jax.device_put(np.asarray(batch[k]), self.data_sharding) for k in keys}
     return {
-      k: jax.device_put(np.asarray(v), self.data_sharding)
-      for k, v in batch.items() if k in ("image", "label", "landmarks")
+      k: jax.make_array_from_process_local_data(self.data_sharding, np.asarray(batch[k]))
+      for k in keys
     }
 
   def __call__(self, state, batch, key) -> tuple[Any, dict[str, jax.Array]]:
@@ -495,11 +505,7 @@ def train_and_evaluate(config, workdir: str) -> ts.FitState:
   from clu import metric_writers  # noqa: PLC0415
 
   workdir = os.path.abspath(os.path.expanduser(workdir))
-  if config.data.source != "synthetic":
-    raise ValueError(
-      f"config.data.source={config.data.source!r}: only 'synthetic' is "
-      "implemented by this driver so far"
-    )
+  data = input_pipeline.build_source(config)
   models = models_lib.build_models(config.model)
   mesh = ts.make_mesh()
   if config.train.batch_size % mesh.size:
@@ -524,10 +530,12 @@ def train_and_evaluate(config, workdir: str) -> ts.FitState:
       manager.latest_step(), args=ocp.args.StandardRestore(state)
     )
   steps = TrainSteps(models, config, mesh, state)
-  data = input_pipeline.SyntheticFaces(
-    config.model.sphereface.num_classes, config.data.image_size, config.seed
-  )
   num_steps = config.train.num_steps
+  if num_steps <= 0:
+    if not data.num_examples:
+      raise ValueError("config.train.num_steps must be set for an unbounded source")
+    num_steps = config.train.num_epochs * (data.num_examples // config.train.batch_size)
+  shard = (jax.process_index(), jax.process_count())
   writer = metric_writers.create_default_writer(
     workdir, just_logging=jax.process_index() > 0
   )
@@ -536,7 +544,7 @@ def train_and_evaluate(config, workdir: str) -> ts.FitState:
   first = int(state.step)
   start = time.time()
   for step in range(first, num_steps):
-    batch = data.batch(step, config.train.batch_size)
+    batch = data.batch(step, config.train.batch_size, shard=shard)
     state, metrics = steps(state, batch, step_key)
     window.append(metrics)
     done = step + 1
@@ -544,6 +552,7 @@ def train_and_evaluate(config, workdir: str) -> ts.FitState:
       host = jax.device_get(window)
       means = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
       _check_finite(means, done)
+      means["data/skipped_records"] = float(len(getattr(data, "skipped", ())))
       elapsed = time.time() - start
       means["steps_per_s"] = (done - first) / max(elapsed, 1e-9)
       means["eta_s"] = (num_steps - done) / max(means["steps_per_s"], 1e-9)
@@ -551,7 +560,7 @@ def train_and_evaluate(config, workdir: str) -> ts.FitState:
       window = []
     if done % config.train.eval_every == 0 or done == num_steps:
       n = config.train.num_samples
-      sample = data.batch(0, config.train.batch_size, "eval")  # fixed
+      sample = data.batch(0, config.train.batch_size, "eval", shard)
       device_batch = steps.put_batch(sample)
       # Evaluate a copy: the generator step donates its state argument.
       _, generated, _ = steps.generator(jax.tree.map(jnp.copy, state), device_batch, step_key)

@@ -1,0 +1,145 @@
+"""Input pipeline on real JPEGs: formats, bad records, determinism, LFW."""
+
+import os
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import lfw_subset, tiny
+from fit_jax import input_pipeline, train
+
+from .conftest import SHARED
+
+LFW = SHARED / "data" / "lfw_subset" / "lfw"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+POINTS = "97 114 142 127 110 147 100 180 140 176"
+
+
+@pytest.fixture()
+def folder(tmp_path):
+  """A small LFW-layout folder with real faces and every awkward format."""
+  people = sorted(os.listdir(LFW))[:2]
+  lines = []
+  for person in people:
+    (tmp_path / person).mkdir()
+    for name in sorted(os.listdir(LFW / person))[:2]:
+      shutil.copy(LFW / person / name, tmp_path / person / name)
+      lines.append(f"{person}/{name} {POINTS}")
+  face = Image.open(LFW / people[0] / sorted(os.listdir(LFW / people[0]))[0])
+  odd = tmp_path / "Odd_Person"
+  odd.mkdir()
+  face.convert("CMYK").save(odd / "cmyk.jpg")
+  face.convert("L").save(odd / "gray.png")
+  face.convert("RGBA").save(odd / "alpha.png")
+  Image.fromarray((np.asarray(face.convert("L"), np.uint16) * 257)).save(odd / "deep.png")
+  face.resize((500, 500)).save(odd / "big.jpg")
+  doubled = " ".join(str(2 * float(v)) for v in POINTS.split())
+  lines += [f"Odd_Person/{n} {POINTS}" for n in ("cmyk.jpg", "gray.png", "alpha.png", "deep.png")]
+  lines.append(f"Odd_Person/big.jpg {doubled}")
+  return tmp_path, lines
+
+
+def _write(path, lines):
+  path.write_text("".join(line + "\n" for line in lines))
+  return str(path)
+
+
+def _source(root, landmark_file, **kw):
+  kw.setdefault("on_bad_record", "error")
+  return input_pipeline.FaceFolder(
+    str(root), landmark_file, with_labels=False, image_size=64,
+    landmark_frame=250.0, num_classes=10, **kw)
+
+
+def test_every_format_decodes_and_landmarks_follow_image_size(folder, tmp_path):
+  root, lines = folder
+  source = _source(root, _write(tmp_path / "lm.txt", lines))
+  examples = [source.example(i) for i in range(source.num_examples)]
+  for e in examples:
+    assert e["image"].shape == (64, 64, 3) and e["image"].dtype == np.float32
+    assert -1 <= e["image"].min() and e["image"].max() <= 1 and e["image"].std() > 0.05
+  by_path = {r.relpath: ex for r, ex in zip(source.records, examples)}
+  # The 500x500 image's doubled landmarks land on the same 250-frame points.
+  np.testing.assert_allclose(by_path["Odd_Person/big.jpg"]["landmarks"],
+                             by_path["Odd_Person/cmyk.jpg"]["landmarks"])
+  # Labels are folder indices, the same for one person.
+  labels = [r.label for r in source.records]
+  assert labels[0] == labels[1] and labels[0] != labels[2]
+
+
+def test_bad_records_error_names_file_or_skip_counts(folder, tmp_path):
+  root, lines = folder
+  (root / "Odd_Person" / "truncated.jpg").write_bytes((LFW.parent / "lfw" / lines[0].split()[0]).read_bytes()[:900])
+  (root / "Odd_Person" / "text.jpg").write_text("not an image")
+  bad = lines + [f"Odd_Person/truncated.jpg {POINTS}", f"Odd_Person/text.jpg {POINTS}",
+                 "Odd_Person/missing.jpg 1 2 3", f"Odd_Person/nan.jpg {POINTS.replace('97', 'nan')}"]
+  landmark_file = _write(tmp_path / "bad.txt", bad)
+  with pytest.raises(input_pipeline.BadRecordError, match=r"bad.txt:\d+: expected 11 fields"):
+    _source(root, landmark_file)
+  source = _source(root, landmark_file, on_bad_record="skip")
+  assert len(source.problems) == 2 and any("non-finite" in p for p in source.problems)
+  batch = {k: [] for k in ("image",)}
+  for i in range(source.num_examples):
+    batch["image"].append(source.example(i)["image"])
+  assert set(source.skipped) == {"Odd_Person/truncated.jpg", "Odd_Person/text.jpg"}
+  assert "unreadable image" in source.skipped["Odd_Person/text.jpg"]
+  strict = _source(root, _write(tmp_path / "b2.txt", [f"Odd_Person/text.jpg {POINTS}"]))
+  with pytest.raises(input_pipeline.BadRecordError, match="text.jpg: unreadable image"):
+    strict.example(0)
+
+
+def test_unknown_identity_and_missing_paths(folder, tmp_path):
+  root, lines = folder
+  casia = _write(tmp_path / "casia.txt", [f"{lines[0].split()[0]} 99 {POINTS}"])
+  with pytest.raises(input_pipeline.BadRecordError, match="label 99 is outside"):
+    input_pipeline.FaceFolder(str(root), casia, with_labels=True, image_size=64,
+                              landmark_frame=250.0, num_classes=10)
+  with pytest.raises(FileNotFoundError, match="landmark file"):
+    _source(root, str(tmp_path / "nope.txt"))
+  with pytest.raises(FileNotFoundError, match="config.data.root"):
+    _source(tmp_path / "nowhere", casia)
+
+
+def test_batches_are_a_pure_function_of_step(folder, tmp_path):
+  root, lines = folder
+  landmark_file = _write(tmp_path / "lm.txt", lines)
+  a, b = _source(root, landmark_file), _source(root, landmark_file)
+  for step in (0, 3, 17):
+    x, y = a.batch(step, 4), b.batch(step, 4)
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+  # Process shards are slices of the global batch.
+  full = a.batch(5, 4)
+  half = a.batch(5, 4, shard=(1, 2))
+  np.testing.assert_array_equal(half["image"], full["image"][2:])
+  train.check_batch(full, tiny.get_config(), num_devices=4)
+
+
+def test_landmark_file_of_the_lfw_subset_is_committed_and_complete():
+  path = ROOT / "data" / "lfw_subset_landmarks.txt"
+  records, problems = input_pipeline.parse_landmark_file(str(path), with_labels=False)
+  assert not problems and len(records) > 3400
+  failures = (ROOT / "data" / "lfw_subset_landmarks.txt.failures.txt").read_text().splitlines()
+  assert len(records) + len(failures) == 3487
+  # MTCNN eyes sit above the nose, left of right, on the 250x250 frame.
+  lm = np.stack([r.landmarks for r in records])
+  assert (lm[:, 0, 0] < lm[:, 1, 0]).mean() > 0.99
+  assert ((lm > 0) & (lm < 250)).all(axis=(1, 2)).mean() > 0.99
+
+
+def test_tiny_training_on_real_lfw_faces(tmp_path):
+  config = lfw_subset.get_config()
+  tiny_config = tiny.get_config()
+  config.model = tiny_config.model
+  config.model.sphereface.num_classes = 982
+  config.data.image_size = 64
+  config.data.root = str(LFW)
+  config.data.landmarks = str(ROOT / "data" / "lfw_subset_landmarks.txt")
+  config.loss.pool_size = 4
+  config.train = tiny_config.train
+  state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 2
+  assert (tmp_path / "samples" / "step_0000002.png").exists()
