@@ -13,6 +13,7 @@ same randomness; `discriminator_step` advances `state.step`.
 """
 
 import functools
+import json
 import os
 import time
 from typing import Any
@@ -557,6 +558,11 @@ def train_and_evaluate(config, workdir: str) -> ts.FitState:
       means["steps_per_s"] = (done - first) / max(elapsed, 1e-9)
       means["eta_s"] = (num_steps - done) / max(means["steps_per_s"], 1e-9)
       writer.write_scalars(done, means)
+      if jax.process_index() == 0:
+        # A plain-text record too (exact float32 values, one JSON per line).
+        with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+          f.write(json.dumps({"step": done, **{k: v for k, v in means.items()
+                                               if k not in ("steps_per_s", "eta_s")}}) + "\n")
       window = []
     if done % config.train.eval_every == 0 or done == num_steps:
       n = config.train.num_samples
