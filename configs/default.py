@@ -40,9 +40,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.password_scale = 1.0
   # Compute dtype of all networks (float32 | bfloat16); params stay float32.
   config.model.dtype = "float32"
-  # Normalisation of G, D and Q: batch_stats (reference: batch statistics at
-  # train and test time) | batch (running averages at inference) | instance.
-  config.model.norm = "batch_stats"
+  # Normalisation of G, D and Q: batch_stats (the reference: batch statistics
+  # at train and test time) | batch | instance. `batch` trains exactly as the
+  # reference (batch statistics) and also keeps running averages, which
+  # inference uses: an image's anonymization then does not depend on the
+  # other images of its batch, which recovery needs (README, "Determinism").
+  config.model.norm = "batch"
   # Images per batch-statistics group; the reference's DataParallel used 12
   # per GPU (48 on 4 GPUs). 0: the whole global batch.
   config.model.norm_group_size = 12

@@ -75,3 +75,111 @@ def fold_batch_norm(
     _set(params, norm_path, {"bias": shift})
   folded = dataclasses.replace(model, norm="folded")
   return folded, {"params": params}
+
+
+# ------------------------------------------------------------------ loading
+
+
+def generator_from_params(params: dict, batch_stats: dict | None):
+  """A Generator whose sizes are read off its parameters."""
+  conv_in = params["conv_in"]
+  blocks = sum(1 for k in params if k.startswith("block_"))
+  downs = sum(1 for k in params if k.startswith("down_") and not k.startswith("down_norm"))
+  return generator_lib.Generator(
+    password_bits=int(conv_in.shape[2]) - 3, ngf=int(conv_in.shape[3]),
+    num_downsampling=downs, num_blocks=blocks,
+    norm="batch" if batch_stats else "batch_stats",
+  )
+
+
+def load_generator(path: str):
+  """Loads a generator from a training workdir, a checkpoint step or a
+  converted directory (python -m fit_jax.convert_torch).
+
+  Returns:
+    (generator, variables, deterministic): `deterministic` is False for
+    checkpoints without running statistics (the reference's batch_stats
+    mode); those must be run one image at a time (see Transformer).
+
+  Raises:
+    ValueError / FileNotFoundError: one line naming the path.
+  """
+  import os  # noqa: PLC0415
+
+  import orbax.checkpoint as ocp  # noqa: PLC0415
+
+  path = os.path.abspath(os.path.expanduser(path))
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{path}: no checkpoint directory")
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    path = os.path.join(path, "checkpoints")
+  steps = sorted((int(d) for d in os.listdir(path) if d.isdigit()), reverse=True)
+  if steps:
+    path = os.path.join(path, str(steps[0]))
+  if os.path.isdir(os.path.join(path, "default")):
+    path = os.path.join(path, "default")
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      tree = checkpointer.restore(path)
+  except Exception as e:
+    raise ValueError(f"{path}: not a fit_jax checkpoint ({type(e).__name__})") from None
+  if "gen" in tree:  # a training FitState
+    params = tree["gen"]["params"]["generator"]
+    stats = tree["gen"]["batch_stats"].get("generator") or None
+  elif "generator" in tree:  # converted variables
+    params = tree["generator"]["params"]
+    stats = tree["generator"].get("batch_stats")
+  else:
+    raise ValueError(f"{path}: holds no generator (keys {sorted(tree)[:6]})")
+  model = generator_from_params(params, stats)
+  variables = {"params": params}
+  if stats:
+    variables["batch_stats"] = stats
+    model, variables = fold_batch_norm(model, variables)
+  return model, variables, bool(stats)
+
+
+class Transformer:
+  """Jitted anonymize/recover of [B, 128, 128, 3] images in [-1, 1].
+
+  `password_bits` are the user's bits [N] (or [B, N]); recover applies the
+  inverse (complement) itself, so users give the same password to both.
+  Outputs are batch-independent: folded running statistics, or, for
+  checkpoints without them, one image at a time.
+  """
+
+  def __init__(self, model, variables, deterministic: bool, scale: float = 1.0):
+    import jax  # noqa: PLC0415
+
+    self.model = model
+    self.variables = variables
+    self.deterministic = deterministic
+    self.scale = scale
+    self.password_bits = model.password_bits
+    self._apply = jax.jit(lambda v, x, z: model.apply(v, x, z, train=False))
+
+  def _run(self, images, bits, sign):
+    import numpy as np  # noqa: PLC0415
+
+    images = np.asarray(images, np.float32)
+    bits = np.asarray(bits)
+    if bits.ndim == 1:
+      bits = np.tile(bits, (images.shape[0], 1))
+    if bits.shape != (images.shape[0], self.password_bits):
+      raise ValueError(
+        f"this checkpoint takes {self.password_bits}-bit passwords; got bits of shape {bits.shape}"
+      )
+    z = sign * self.scale * (bits.astype(np.float32) - 0.5)
+    if self.deterministic:
+      return np.asarray(self._apply(self.variables, images, z))
+    return np.concatenate([
+      np.asarray(self._apply(self.variables, images[i:i + 1], z[i:i + 1]))
+      for i in range(images.shape[0])
+    ])
+
+  def anonymize(self, images, password_bits):
+    return self._run(images, password_bits, 1.0)
+
+  def recover(self, images, password_bits):
+    """G(images, -z): the inverse password is the complement of the bits."""
+    return self._run(images, password_bits, -1.0)

@@ -1,0 +1,9 @@
+"""python -m fit_jax.anonymize --checkpoint CKPT --password PW --out DIR INPUT...
+
+See fit_jax.photo_cli for the options.
+"""
+
+from fit_jax import photo_cli
+
+if __name__ == "__main__":
+  photo_cli.main("anonymize")

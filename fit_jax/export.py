@@ -1,0 +1,76 @@
+"""Export the generator as a TF SavedModel for deployment.
+
+  python -m fit_jax.export --checkpoint CKPT --out DIR
+
+Signatures (any batch size b, N = the checkpoint's password length):
+  anonymize(images: float32 [b, 128, 128, 3] in [-1, 1],
+            password_bits: float32 [b, N] of 0/1) -> images
+  recover(images, password_bits) -> images   (applies the inverse itself)
+
+BatchNorm running statistics are folded into the convolutions first
+(fit_jax.inference), so every image's output is independent of its batch.
+The model holds weights only: no password or image is ever part of it.
+Imports TensorFlow (the `export` extra).
+"""
+
+import os
+
+from absl import app, flags
+
+from fit_jax import inference
+
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Training workdir, checkpoint or converted dir.")
+_OUT = flags.DEFINE_string("out", None, "SavedModel directory to create.")
+
+
+def export_saved_model(checkpoint: str, out_dir: str, image_size: int = 128) -> None:
+  """Writes the SavedModel (atomically: a temporary folder renamed at the end)."""
+  import tensorflow as tf  # noqa: PLC0415
+  from jax.experimental import jax2tf  # noqa: PLC0415
+
+  model, variables, deterministic = inference.load_generator(checkpoint)
+  if not deterministic:
+    raise ValueError(
+      f"{checkpoint}: this generator has no running statistics (norm=batch_stats), "
+      "so its output depends on the batch; export a norm=batch checkpoint"
+    )
+  out_dir = os.path.abspath(out_dir)
+  if os.path.exists(out_dir):
+    raise FileExistsError(f"{out_dir} exists; choose a new --out directory")
+  n = model.password_bits
+
+  def transform(sign):
+    def fn(images, bits):
+      return model.apply(variables, images, sign * (bits - 0.5), train=False)
+    return jax2tf.convert(
+      fn, polymorphic_shapes=[f"(b, {image_size}, {image_size}, 3)", f"(b, {n})"],
+      with_gradient=False,
+    )
+
+  module = tf.Module()
+  anonymize_fn, recover_fn = transform(1.0), transform(-1.0)
+  specs = [
+    tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="images"),
+    tf.TensorSpec([None, n], tf.float32, name="password_bits"),
+  ]
+  module.anonymize = tf.function(lambda images, password_bits: anonymize_fn(images, password_bits),
+                                 input_signature=specs, autograph=False)
+  module.recover = tf.function(lambda images, password_bits: recover_fn(images, password_bits),
+                               input_signature=specs, autograph=False)
+  tmp = out_dir + ".tmp"
+  tf.saved_model.save(module, tmp, signatures={
+    "anonymize": module.anonymize, "recover": module.recover})
+  os.replace(tmp, out_dir)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  if not _CHECKPOINT.value or not _OUT.value:
+    raise app.UsageError("--checkpoint and --out are required")
+  export_saved_model(_CHECKPOINT.value, _OUT.value)
+  print(f"wrote SavedModel with signatures anonymize, recover to {os.path.abspath(_OUT.value)}")
+
+
+if __name__ == "__main__":
+  app.run(main)

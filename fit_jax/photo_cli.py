@@ -1,0 +1,236 @@
+"""The anonymize / recover command line (shared by both commands).
+
+  python -m fit_jax.anonymize --checkpoint CKPT --password PW --out DIR INPUT...
+  python -m fit_jax.recover   --checkpoint CKPT --password PW --out DIR INPUT...
+
+Users give the same password to both; recover applies the inverse itself.
+Password sources (exactly one, else a prompt): --password, --password_env
+VAR, --password_file FILE; forms as fit_jax.passwords.parse. Modes: `crop`
+(aligned face crops, resized to 128, written at 128x128) and `wild` (every
+MTCNN face of a photo is cropped as the reference's LFW_CROP, transformed
+and pasted back with a feathered blend; the crop boxes, and nothing else,
+go to a `<output>.fit.json` sidecar so recovery uses the same boxes).
+
+Privacy: nothing writes the password, its bits or original pixels anywhere
+but the transformed output image itself; logs name files only. Every item
+is reported; failures never stop the batch; the exit code is 1 if any item
+failed. Outputs are written atomically, never over an input or an existing
+file (unless --overwrite, and never over an input).
+"""
+
+import getpass
+import json
+import os
+import sys
+
+import numpy as np
+from absl import app, flags
+from PIL import Image
+
+from fit_jax import faces, inference, passwords
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+SIDECAR = ".fit.json"
+MAX_PIXELS = 40_000_000
+
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Training workdir, checkpoint or converted dir.")
+_PASSWORD = flags.DEFINE_string("password", None, "Password (integer, 0x-hex or passphrase).")
+_PASSWORD_ENV = flags.DEFINE_string("password_env", None, "Read the password from this variable.")
+_PASSWORD_FILE = flags.DEFINE_string("password_file", None, "Read the password from this file.")
+_OUT = flags.DEFINE_string("out", None, "Output folder.")
+_MODE = flags.DEFINE_enum("mode", "crop", ["crop", "wild"], "Aligned crops or photos in the wild.")
+_FORMAT = flags.DEFINE_enum("format", "same", ["same", "png"], "Output format.")
+_BATCH = flags.DEFINE_integer("batch", 16, "Images per generator call (crop mode).")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace existing outputs (never inputs).")
+
+
+class ItemError(Exception):
+  """A problem with one input, reported on one line."""
+
+
+def read_password(num_bits: int) -> np.ndarray:
+  sources = [s for s in (_PASSWORD.value, _PASSWORD_ENV.value, _PASSWORD_FILE.value) if s is not None]
+  if len(sources) > 1:
+    raise app.UsageError("give the password once: --password, --password_env or --password_file")
+  if _PASSWORD.value is not None:
+    text = _PASSWORD.value
+  elif _PASSWORD_ENV.value is not None:
+    if _PASSWORD_ENV.value not in os.environ:
+      raise app.UsageError(f"environment variable {_PASSWORD_ENV.value} is not set")
+    text = os.environ[_PASSWORD_ENV.value]
+  elif _PASSWORD_FILE.value is not None:
+    try:
+      with open(_PASSWORD_FILE.value) as f:
+        text = f.read().rstrip("\r\n")
+    except OSError as e:
+      raise app.UsageError(f"--password_file {_PASSWORD_FILE.value}: {e.strerror}") from None
+  elif sys.stdin.isatty():
+    text = getpass.getpass("password: ")
+  else:
+    raise app.UsageError("no password: give --password, --password_env or --password_file")
+  try:
+    return passwords.parse(text, num_bits)
+  except ValueError as e:
+    raise app.UsageError(f"password: {e}") from None
+
+
+def collect_inputs(inputs: list[str]) -> list[tuple[str, str]]:
+  """(input path, output relative path) for files and folders."""
+  items = []
+  for given in inputs:
+    if os.path.isdir(given):
+      for folder, _, names in os.walk(given):
+        for name in sorted(names):
+          if name.lower().endswith(IMAGE_SUFFIXES):
+            full = os.path.join(folder, name)
+            items.append((full, os.path.relpath(full, given)))
+    else:
+      items.append((given, os.path.basename(given)))
+  return sorted(items)
+
+
+def read_rgb(path: str) -> np.ndarray:
+  if not os.path.exists(path):
+    raise ItemError("no such file")
+  try:
+    with Image.open(path) as im:
+      if im.width * im.height > MAX_PIXELS:
+        raise ItemError(f"image of {im.width}x{im.height} pixels is too large")
+      im.load()
+      if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        im = Image.fromarray((np.asarray(im, np.float64) / 257.0).clip(0, 255).astype(np.uint8))
+      rgb = np.asarray(im.convert("RGB"))
+  except ItemError:
+    raise
+  except Exception as e:
+    raise ItemError(f"not a readable image ({type(e).__name__})") from None
+  if min(rgb.shape[:2]) < 16:
+    raise ItemError(f"image of {rgb.shape[1]}x{rgb.shape[0]} pixels is too small")
+  return rgb
+
+
+def output_path(out_dir: str, relpath: str) -> str:
+  base, ext = os.path.splitext(relpath)
+  if _FORMAT.value == "png" or ext.lower() not in (".jpg", ".jpeg", ".png"):
+    ext = ".png"
+  return os.path.join(out_dir, base + ext)
+
+
+def write_atomically(path: str, save) -> None:
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp{os.getpid()}")
+  try:
+    save(tmp)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def save_image(path: str, image: np.ndarray) -> None:
+  fmt = "JPEG" if path.lower().endswith((".jpg", ".jpeg")) else "PNG"
+  options = {"quality": 95, "subsampling": 0} if fmt == "JPEG" else {}
+  write_atomically(path, lambda p: Image.fromarray(image).save(p, fmt, **options))
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+  return np.clip((image + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+
+
+def run(direction: str, inputs: list[str]) -> int:
+  if not inputs:
+    raise app.UsageError("give at least one input file or folder")
+  if not _CHECKPOINT.value or not _OUT.value:
+    raise app.UsageError("--checkpoint and --out are required")
+  try:
+    model, variables, deterministic = inference.load_generator(_CHECKPOINT.value)
+  except (ValueError, FileNotFoundError) as e:
+    raise app.UsageError(f"--checkpoint: {e}") from None
+  bits = read_password(model.password_bits)
+  transformer = inference.Transformer(model, variables, deterministic)
+  transform = transformer.anonymize if direction == "anonymize" else transformer.recover
+  out_dir = os.path.abspath(_OUT.value)
+  items = collect_inputs(inputs)
+  input_paths = {os.path.realpath(p) for p, _ in items}
+  planned: dict[str, str] = {}
+  failures: list[tuple[str, str]] = []
+  jobs = []
+  for path, relpath in items:
+    target = output_path(out_dir, relpath)
+    real = os.path.realpath(target)
+    if real in input_paths:
+      failures.append((path, f"output {target} would overwrite an input"))
+    elif real in planned:
+      failures.append((path, f"output {target} is also the output of {planned[real]}"))
+    elif os.path.exists(target) and not _OVERWRITE.value:
+      failures.append((path, f"output {target} exists (use --overwrite)"))
+    else:
+      planned[real] = path
+      jobs.append((path, target))
+  detector = faces.Detector() if _MODE.value == "wild" else None
+  done = 0
+
+  def progress():
+    print(f"\r{direction}: {done}/{len(jobs)} images", end="", file=sys.stderr, flush=True)
+
+  if _MODE.value == "crop":
+    for start in range(0, len(jobs), _BATCH.value):
+      chunk, images = [], []
+      for path, target in jobs[start:start + _BATCH.value]:
+        try:
+          rgb = read_rgb(path)
+        except ItemError as e:
+          failures.append((path, str(e)))
+          continue
+        pil = Image.fromarray(rgb).resize((128, 128), Image.BICUBIC)
+        images.append(np.asarray(pil, np.float32) / 127.5 - 1.0)
+        chunk.append((path, target))
+      if images:
+        outputs = transform(np.stack(images), bits)
+        for (path, target), image in zip(chunk, outputs):
+          try:
+            save_image(target, to_uint8(image))
+          except OSError as e:
+            failures.append((path, f"cannot write {target}: {e.strerror}"))
+      done += len(jobs[start:start + _BATCH.value])
+      progress()
+  else:
+    for path, target in jobs:
+      try:
+        rgb = read_rgb(path)
+        sidecar = path + SIDECAR
+        if direction == "recover" and os.path.exists(sidecar):
+          with open(sidecar) as f:
+            crops = [faces.Crop(**c) for c in json.load(f)["crops"]]
+          small = 0
+        else:
+          crops, small = detector(rgb)
+        if not crops:
+          raise ItemError("no face found" + (f" ({small} too small)" if small else ""))
+        transformed = transform(np.stack([faces.extract(rgb, c) for c in crops]), bits)
+        result = rgb
+        for crop, face in zip(crops, transformed):
+          result = faces.paste(result, crop, face)
+        save_image(target, result)
+        record = {"version": 1, "crops": [c.to_json() for c in crops]}
+        write_atomically(target + SIDECAR, lambda p: open(p, "w").write(json.dumps(record)))
+        if small:
+          print(f"\n{path}: {small} face(s) too small to transform", file=sys.stderr)
+      except ItemError as e:
+        failures.append((path, str(e)))
+      except OSError as e:
+        failures.append((path, f"cannot write output: {e.strerror}"))
+      done += 1
+      progress()
+  print(file=sys.stderr)
+  for path, reason in failures:
+    print(f"failed {path}: {reason}")
+  print(f"{direction}: {len(items) - len(failures)} written to {out_dir}, {len(failures)} failed")
+  return 1 if failures else 0
+
+
+def main(direction: str) -> None:
+  def entry(argv):
+    sys.exit(run(direction, argv[1:]))
+
+  app.run(entry)

@@ -1,0 +1,10 @@
+"""python -m fit_jax.recover --checkpoint CKPT --password PW --out DIR INPUT...
+
+Give the same password as to fit_jax.anonymize; the inverse is applied here.
+See fit_jax.photo_cli for the options.
+"""
+
+from fit_jax import photo_cli
+
+if __name__ == "__main__":
+  photo_cli.main("recover")

@@ -1,0 +1,169 @@
+"""Anonymize/recover CLI, determinism, export and privacy, on real LFW photos."""
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import tiny
+from fit_jax import inference, passwords, train
+
+from .conftest import SHARED
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+LFW = SHARED / "data" / "lfw_subset" / "lfw"
+PHOTO = LFW / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg"
+PASSWORD = "0x1234"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("ckpt")
+  config = tiny.get_config()
+  config.train.num_steps = 3
+  train.train_and_evaluate(config, str(workdir))
+  return workdir
+
+
+def _cli(command, *args, env=None):
+  full_env = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
+  full_env["XLA_FLAGS"] = ""
+  return subprocess.run([sys.executable, "-m", f"fit_jax.{command}", *args], cwd=ROOT,
+                        env=full_env, capture_output=True, text=True, timeout=600)
+
+
+def test_outputs_do_not_depend_on_the_batch(checkpoint):
+  model, variables, deterministic = inference.load_generator(str(checkpoint))
+  assert deterministic and model.norm == "folded"
+  t = inference.Transformer(model, variables, deterministic)
+  images = np.random.default_rng(0).uniform(-1, 1, (4, 128, 128, 3)).astype(np.float32)
+  bits = passwords.parse(PASSWORD, 16)
+  together = t.anonymize(images, bits)
+  alone = t.anonymize(images[2:3], bits)
+  assert np.abs(together[2] - alone[0]).max() < 1e-5
+  # Recovery is G with the complement: -z.
+  other = t.recover(together, bits)
+  assert other.shape == images.shape and not np.allclose(other, together)
+
+
+def test_crop_mode_with_bad_inputs(checkpoint, tmp_path):
+  inputs = tmp_path / "in"
+  inputs.mkdir()
+  shutil.copy(PHOTO, inputs / "face.jpg")
+  face = Image.open(PHOTO)
+  face.convert("CMYK").save(inputs / "cmyk.jpg")
+  face.convert("RGBA").save(inputs / "alpha.png")
+  face.convert("L").save(inputs / "gray.png")
+  Image.fromarray(np.asarray(face.convert("L"), np.uint16) * 257).save(inputs / "deep.png")
+  (inputs / "notes.txt.jpg").write_text("hello")
+  (inputs / "cut.jpg").write_bytes(PHOTO.read_bytes()[:700])
+  Image.new("RGB", (8, 8)).save(inputs / "tiny.png")
+  out = tmp_path / "out"
+  done = _cli("anonymize", f"--checkpoint={checkpoint}", "--password_env=FIT_PW",
+              f"--out={out}", str(inputs), str(tmp_path / "missing.jpg"), env={"FIT_PW": PASSWORD})
+  assert done.returncode == 1, done.stderr[-2000:]
+  lines = done.stdout.splitlines()
+  for name, reason in [("notes.txt.jpg", "not a readable image"), ("cut.jpg", "not a readable image"),
+                       ("tiny.png", "too small"), ("missing.jpg", "no such file")]:
+    assert any(name in line and reason in line for line in lines), (name, done.stdout)
+  assert "5 written" in lines[-1] and "4 failed" in lines[-1]
+  for name in ("face.jpg", "cmyk.jpg", "alpha.png", "gray.png", "deep.png"):
+    image = Image.open(out / name)
+    assert image.size == (128, 128) and image.mode == "RGB"
+  # Same password through a file recovers; the inputs were never touched.
+  (tmp_path / "pw.txt").write_text(PASSWORD + "\n")
+  rec = _cli("recover", f"--checkpoint={checkpoint}", f"--password_file={tmp_path / 'pw.txt'}",
+             f"--out={tmp_path / 'rec'}", str(out / "face.jpg"))
+  assert rec.returncode == 0, rec.stderr[-2000:]
+  assert (tmp_path / "rec" / "face.jpg").exists()
+  assert (inputs / "face.jpg").read_bytes() == PHOTO.read_bytes()
+
+
+def test_refuses_to_overwrite_inputs_and_bad_passwords(checkpoint, tmp_path):
+  shutil.copy(PHOTO, tmp_path / "face.jpg")
+  same = _cli("anonymize", f"--checkpoint={checkpoint}", f"--password={PASSWORD}",
+              f"--out={tmp_path}", str(tmp_path / "face.jpg"))
+  assert same.returncode == 1 and "would overwrite an input" in same.stdout
+  assert (tmp_path / "face.jpg").read_bytes() == PHOTO.read_bytes()
+  bad = _cli("anonymize", f"--checkpoint={checkpoint}", "--password=0x12345",
+             f"--out={tmp_path / 'o'}", str(tmp_path / "face.jpg"))
+  assert bad.returncode != 0 and "at most 4" in bad.stderr
+  wrong = _cli("anonymize", f"--checkpoint={tmp_path}", f"--password={PASSWORD}",
+               f"--out={tmp_path / 'o'}", str(tmp_path / "face.jpg"))
+  assert wrong.returncode != 0 and "--checkpoint" in wrong.stderr
+
+
+def test_wild_mode_pastes_faces_back_and_recovery_reuses_the_boxes(checkpoint, tmp_path):
+  pytest.importorskip("mtcnn")
+  inputs = tmp_path / "in"
+  inputs.mkdir()
+  shutil.copy(PHOTO, inputs / "photo.jpg")
+  Image.new("RGB", (200, 150), (90, 120, 200)).save(inputs / "sky.png")
+  out = tmp_path / "out"
+  done = _cli("anonymize", f"--checkpoint={checkpoint}", f"--password={PASSWORD}",
+              f"--out={out}", "--mode=wild", "--format=png", str(inputs))
+  assert done.returncode == 1 and "sky.png: no face found" in done.stdout
+  original = np.asarray(Image.open(PHOTO).convert("RGB"), np.int16)
+  anon = np.asarray(Image.open(out / "photo.png"), np.int16)
+  assert anon.shape == original.shape
+  diff = np.abs(anon - original).max(axis=-1)
+  assert diff[125, 125] > 0  # the face changed
+  assert diff[:10, :10].max() == 0 and diff[-10:, -10:].max() == 0  # corners untouched
+  sidecar = (out / "photo.png.fit.json").read_text()
+  assert set(__import__("json").loads(sidecar)) == {"version", "crops"}
+  rec = _cli("recover", f"--checkpoint={checkpoint}", f"--password={PASSWORD}",
+             f"--out={tmp_path / 'rec'}", "--mode=wild", str(out / "photo.png"))
+  assert rec.returncode == 0, rec.stdout + rec.stderr[-1000:]
+  assert (tmp_path / "rec" / "photo.png.fit.json").read_text() == sidecar
+
+
+def test_saved_model_export_reloads_with_parity(checkpoint, tmp_path):
+  tf = pytest.importorskip("tensorflow")
+  done = _cli("export", f"--checkpoint={checkpoint}", f"--out={tmp_path / 'sm'}")
+  assert done.returncode == 0, done.stderr[-2000:]
+  loaded = tf.saved_model.load(str(tmp_path / "sm"))
+  model, variables, deterministic = inference.load_generator(str(checkpoint))
+  t = inference.Transformer(model, variables, deterministic)
+  rng = np.random.default_rng(1)
+  for b in (1, 3):
+    images = rng.uniform(-1, 1, (b, 128, 128, 3)).astype(np.float32)
+    bits = rng.integers(0, 2, (b, 16)).astype(np.float32)
+    np.testing.assert_allclose(loaded.anonymize(images, bits).numpy(), t.anonymize(images, bits), atol=1e-5)
+    np.testing.assert_allclose(loaded.recover(images, bits).numpy(), t.recover(images, bits), atol=1e-5)
+
+
+def test_no_password_or_original_pixels_are_written(checkpoint, tmp_path):
+  phrase = "correct horse battery staple"
+  bits = passwords.parse(phrase, 16)
+  secrets = [phrase.encode(), "".join(map(str, bits)).encode(), bits.tobytes(),
+             str(passwords.bits_to_int(bits)).encode()]
+  inputs = tmp_path / "in"
+  inputs.mkdir()
+  shutil.copy(PHOTO, inputs / "face.png")
+  out = tmp_path / "out"
+  runs = [
+    _cli("anonymize", f"--checkpoint={checkpoint}", "--password_env=PW", f"--out={out}",
+         "--format=png", str(inputs), env={"PW": phrase}),
+    _cli("recover", f"--checkpoint={checkpoint}", "--password_env=PW", f"--out={tmp_path / 'rec'}",
+         str(out), env={"PW": phrase}),
+    _cli("export", f"--checkpoint={checkpoint}", f"--out={tmp_path / 'sm'}"),
+  ]
+  assert all(r.returncode == 0 for r in runs), [r.stderr[-500:] for r in runs]
+  original = np.asarray(Image.open(PHOTO).convert("RGB"))
+  rows = [original[r].tobytes() for r in (60, 125, 190)]
+  written = [p for p in tmp_path.rglob("*") if p.is_file() and "in" not in p.relative_to(tmp_path).parts[:1]]
+  assert len(written) > 3
+  blobs = [p.read_bytes() for p in written] + [(r.stdout + r.stderr).encode() for r in runs]
+  for blob in blobs:
+    for secret in secrets:
+      assert secret not in blob
+    for row in rows:
+      assert row not in blob
+  # The anonymized output's decoded pixels are not the original's either.
+  assert np.abs(np.asarray(Image.open(out / "face.png"), np.int16)[:128, :128]
+                - np.asarray(Image.fromarray(original).resize((128, 128)), np.int16)).mean() > 2
