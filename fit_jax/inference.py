@@ -106,7 +106,7 @@ def load_generator(path: str):
   """
   import os  # noqa: PLC0415
 
-  import orbax.checkpoint as ocp  # noqa: PLC0415
+  from fit_jax import pretrained  # noqa: PLC0415
 
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.isdir(path):
@@ -119,8 +119,7 @@ def load_generator(path: str):
   if os.path.isdir(os.path.join(path, "default")):
     path = os.path.join(path, "default")
   try:
-    with ocp.StandardCheckpointer() as checkpointer:
-      tree = checkpointer.restore(path)
+    tree = pretrained.restore_numpy(path)
   except Exception as e:
     raise ValueError(f"{path}: not a fit_jax checkpoint ({type(e).__name__})") from None
   if "gen" in tree:  # a training FitState

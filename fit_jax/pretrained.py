@@ -27,14 +27,28 @@ def save_variables(directory: str, variables: dict) -> None:
     checkpointer.save(path, variables)
 
 
+def restore_numpy(path: str) -> dict:
+  """Any orbax PyTree checkpoint as nested dicts of host numpy arrays.
+
+  Restoring as numpy ignores the shardings it was saved with, so a
+  checkpoint written on 8 devices (or a pod) loads on a laptop.
+  """
+  import jax  # noqa: PLC0415
+
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    metadata = checkpointer.metadata(path)
+    tree = getattr(metadata, "item_metadata", None) or getattr(metadata, "tree", metadata)
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+  return _to_numpy(restored)
+
+
 def load_variables(directory: str) -> dict:
   """Reads variables written by save_variables, as numpy arrays."""
   path = os.path.abspath(os.path.expanduser(directory))
   if not os.path.isdir(path):
     raise FileNotFoundError(f"{path}: no converted checkpoint directory")
-  with ocp.StandardCheckpointer() as checkpointer:
-    restored = checkpointer.restore(path)
-  return {k: _to_numpy(v) for k, v in restored.items()}
+  return restore_numpy(path)
 
 
 def _to_numpy(tree):
