@@ -7,6 +7,10 @@ os.environ["XLA_FLAGS"] = (
   os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 )
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Many tests (and the CLI subprocesses they start, which inherit this) compile
+# the same tiny programs: a persistent XLA cache compiles each once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", "/tmp/fit_jax_test_xla_cache")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import pathlib  # noqa: E402
 
