@@ -204,6 +204,29 @@ def parse_landmark_file(
   return records, problems
 
 
+def casia_split(records: list[Record], split: str) -> list[Record]:
+  """The reference's CASIA identity split (datasets/casia.py).
+
+  min_test_id = max_label // 5 * 4; test_end_id = (n_ids - min_test_id) // 2
+  + min_test_id; train < min_test_id <= test < test_end_id <= val. With all
+  10,574 identities: train [0, 8456), test [8456, 9515), val [9515, 10574).
+  """
+  if split not in ("train", "test", "val", "all"):
+    raise ValueError(f"config.data.split={split!r}: use train, test, val or all")
+  if split == "all":
+    return records
+  labels = [r.label for r in records]
+  max_label, n_ids = max(labels), len(set(labels))
+  min_test = max_label // 5 * 4
+  test_end = (n_ids - min_test) // 2 + min_test
+  keep = {
+    "train": lambda y: y < min_test,
+    "test": lambda y: min_test <= y < test_end,
+    "val": lambda y: y >= test_end,
+  }[split]
+  return [r for r in records if keep(r.label)]
+
+
 def load_image(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
   """Decodes any PIL-readable image to [size, size, 3] float32 in [-1, 1].
 
@@ -244,11 +267,13 @@ class FaceFolder:
       record by the next good one (deterministically) and counts it.
     seed: shuffling seed (a new permutation every epoch).
     identities: optional set of identity folder names to keep.
+    split: for labelled (CASIA) files, the reference identity split
+      (casia_split): train, test, val or all.
   """
 
   def __init__(self, root, landmark_file, *, with_labels, image_size,
                landmark_frame, num_classes, on_bad_record="error", seed=0,
-               identities=None):
+               identities=None, split="all"):
     if on_bad_record not in ("error", "skip"):
       raise ValueError(f"config.data.on_bad_record={on_bad_record!r}: use 'error' or 'skip'")
     if not os.path.isdir(root):
@@ -256,6 +281,8 @@ class FaceFolder:
     records, self.problems = parse_landmark_file(landmark_file, with_labels, on_bad_record)
     if identities is not None:
       records = [r for r in records if r.relpath.split("/")[0] in identities]
+    if with_labels and records:
+      records = casia_split(records, split)
     good = []
     for r in records:
       if not 0 <= r.label < num_classes:
@@ -331,6 +358,7 @@ def build_source(config):
       image_size=data.image_size, landmark_frame=data.landmark_frame,
       num_classes=config.model.sphereface.num_classes,
       on_bad_record=data.on_bad_record, seed=config.seed,
+      split=data.split if data.source == "casia" else "all",
     )
   raise ValueError(
     f"config.data.source={data.source!r}: use synthetic, lfw_folder, casia or folder"

@@ -143,3 +143,11 @@ def test_tiny_training_on_real_lfw_faces(tmp_path):
   state = train.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 2
   assert (tmp_path / "samples" / "step_0000002.png").exists()
+
+
+def test_casia_identity_split_matches_the_reference():
+  records = [input_pipeline.Record(f"{y}/x.jpg", y, np.zeros((5, 2)), "f:1") for y in range(10574)]
+  sizes = {s: len(input_pipeline.casia_split(records, s)) for s in ("train", "test", "val")}
+  assert sizes == {"train": 8456, "test": 9515 - 8456, "val": 10574 - 9515}
+  with pytest.raises(ValueError, match="config.data.split"):
+    input_pipeline.casia_split(records, "dev")
