@@ -6,7 +6,7 @@ WORKDIR ?= /tmp/fit_jax_demo
 .venv/done: pyproject.toml
 	python3 -m pip install -q uv
 	uv venv --python python3 .venv
-	uv pip install --python $(PY) --compile-bytecode -e '.[export,faces,test]'
+	uv pip install --python $(PY) --compile-bytecode -e '.[export,faces,eval,test]'
 	# torch (CPU) comes from the local wheel through pip; converter tests only.
 	uv pip install --python $(PY) pip
 	$(PY) -m pip install -q torch==2.13.0
