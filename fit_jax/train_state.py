@@ -148,10 +148,17 @@ def create_train_state(
   sharding = state_sharding(abstract, mesh)
   state = jax.jit(init, out_shardings=sharding)(key)
   if overrides:
-    variables = {n: {"params": p} for n, p in {**state.gen.params, **state.disc.params}.items()}
+    params = {**state.gen.params, **state.disc.params}
+    stats = {**state.gen.batch_stats, **state.disc.batch_stats}
+    variables = {n: {"params": p} for n, p in params.items()}
     for name, new in overrides.items():
-      _check_same_shapes(variables[name], new, name)
-      variables[name] = new
+      _check_same_shapes(variables[name]["params"], new["params"], name)
+      variables[name] = {"params": new["params"]}
+      # Reference checkpoints have no running statistics: a norm=batch model
+      # keeps its fresh ones (mean 0, var 1) until training updates them.
+      new_stats = new.get("batch_stats") or stats.get(name)
+      if new_stats:
+        variables[name]["batch_stats"] = new_stats
     state = jax.jit(
       lambda v: state_from_variables(v, config, optimizers), out_shardings=sharding
     )(variables)

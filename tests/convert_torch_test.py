@@ -73,6 +73,8 @@ def _nhwc(t):
 @pytest.mark.parametrize("size", ["small", "paper"])
 def test_numerical_parity(tmp_path, size):
   config = small_config() if size == "small" else default.get_config()
+  # Parity in the reference's own mode: batch statistics, no running stats.
+  config.model.norm = "batch_stats"
   nets = torch_nets(config)
   path = tmp_path / "checkpoint_3_iter1200.pth.tar"
   save_reference_checkpoint(path, nets)
