@@ -133,6 +133,11 @@ def save_image(path: str, image: np.ndarray) -> None:
   write_atomically(path, lambda p: Image.fromarray(image).save(p, fmt, **options))
 
 
+def _write_text(path: str, text: str) -> None:
+  with open(path, "w") as f:
+    f.write(text)
+
+
 def to_uint8(image: np.ndarray) -> np.ndarray:
   return np.clip((image + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
 
@@ -213,7 +218,7 @@ def run(direction: str, inputs: list[str]) -> int:
           result = faces.paste(result, crop, face)
         save_image(target, result)
         record = {"version": 1, "crops": [c.to_json() for c in crops]}
-        write_atomically(target + SIDECAR, lambda p: open(p, "w").write(json.dumps(record)))
+        write_atomically(target + SIDECAR, lambda p: _write_text(p, json.dumps(record)))
         if small:
           print(f"\n{path}: {small} face(s) too small to transform", file=sys.stderr)
       except ItemError as e:
