@@ -227,6 +227,14 @@ def casia_split(records: list[Record], split: str) -> list[Record]:
   return [r for r in records if keep(r.label)]
 
 
+def to_rgb(im: Image.Image) -> Image.Image:
+  """Any PIL image as 8-bit RGB; 16-bit/32-bit integer images are scaled
+  down (PIL's own convert would clip them) rather than saturated."""
+  if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+    im = Image.fromarray((np.asarray(im, np.float64) / 257.0).clip(0, 255).astype(np.uint8))
+  return im.convert("RGB")
+
+
 def load_image(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
   """Decodes any PIL-readable image to [size, size, 3] float32 in [-1, 1].
 
@@ -241,9 +249,7 @@ def load_image(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     with Image.open(path) as im:
       im.load()
       original = im.size
-      if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        im = Image.fromarray((np.asarray(im, np.float64) / 257.0).clip(0, 255).astype(np.uint8))
-      rgb = im.convert("RGB")
+      rgb = to_rgb(im)
   except FileNotFoundError:
     raise BadRecordError(f"{path}: file not found") from None
   except Exception as e:  # PIL raises many types for bad data

@@ -24,6 +24,8 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
+from fit_jax import atomic
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 KEYPOINTS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
@@ -117,13 +119,6 @@ def detect_folder(root: str, with_labels: bool, batch: int = 8):
   return lines, failures
 
 
-def write_atomically(path: str, text: str) -> None:
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def main(argv):
   del argv
   root, out = _IMAGES.value, _OUT.value
@@ -134,8 +129,8 @@ def main(argv):
   if out.lower().endswith(IMAGE_SUFFIXES):
     raise app.UsageError(f"--out {out!r} looks like an image; refusing to overwrite it")
   lines, failures = detect_folder(root, _WITH_LABELS.value, _BATCH.value)
-  write_atomically(out, "".join(line + "\n" for line in lines))
-  write_atomically(out + ".failures.txt", "".join(f"{p}\t{r}\n" for p, r in failures))
+  atomic.write_text(out, "".join(line + "\n" for line in lines))
+  atomic.write_text(out + ".failures.txt", "".join(f"{p}\t{r}\n" for p, r in failures))
   for relpath, reason in failures:
     print(f"skipped {relpath}: {reason}")
   print(f"wrote {len(lines)} landmark lines to {out}; {len(failures)} images "

@@ -27,7 +27,7 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from fit_jax import faces, inference, passwords
+from fit_jax import atomic, faces, inference, input_pipeline, passwords
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 SIDECAR = ".fit.json"
@@ -97,9 +97,7 @@ def read_rgb(path: str) -> np.ndarray:
       if im.width * im.height > MAX_PIXELS:
         raise ItemError(f"image of {im.width}x{im.height} pixels is too large")
       im.load()
-      if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        im = Image.fromarray((np.asarray(im, np.float64) / 257.0).clip(0, 255).astype(np.uint8))
-      rgb = np.asarray(im.convert("RGB"))
+      rgb = np.asarray(input_pipeline.to_rgb(im))
   except ItemError:
     raise
   except Exception as e:
@@ -116,26 +114,10 @@ def output_path(out_dir: str, relpath: str) -> str:
   return os.path.join(out_dir, base + ext)
 
 
-def write_atomically(path: str, save) -> None:
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp{os.getpid()}")
-  try:
-    save(tmp)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
 def save_image(path: str, image: np.ndarray) -> None:
   fmt = "JPEG" if path.lower().endswith((".jpg", ".jpeg")) else "PNG"
   options = {"quality": 95, "subsampling": 0} if fmt == "JPEG" else {}
-  write_atomically(path, lambda p: Image.fromarray(image).save(p, fmt, **options))
-
-
-def _write_text(path: str, text: str) -> None:
-  with open(path, "w") as f:
-    f.write(text)
+  atomic.write_atomically(path, lambda p: Image.fromarray(image).save(p, fmt, **options))
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -218,7 +200,7 @@ def run(direction: str, inputs: list[str]) -> int:
           result = faces.paste(result, crop, face)
         save_image(target, result)
         record = {"version": 1, "crops": [c.to_json() for c in crops]}
-        write_atomically(target + SIDECAR, lambda p: _write_text(p, json.dumps(record)))
+        atomic.write_text(target + SIDECAR, json.dumps(record))
         if small:
           print(f"\n{path}: {small} face(s) too small to transform", file=sys.stderr)
       except ItemError as e:

@@ -25,7 +25,14 @@ import optax
 import orbax.checkpoint as ocp
 from PIL import Image
 
-from fit_jax import alignment, input_pipeline, losses, passwords, pretrained
+from fit_jax import (
+  alignment,
+  atomic,
+  input_pipeline,
+  losses,
+  passwords,
+  pretrained,
+)
 from fit_jax import models as models_lib
 from fit_jax import train_state as ts
 
@@ -574,8 +581,7 @@ def train_and_evaluate(config, workdir: str) -> ts.FitState:
       grid = sample_grid(generated, sample["image"][:n])
       writer.write_images(done, {"samples": grid[None]})
       path = os.path.join(workdir, "samples", f"step_{done:07d}.png")
-      Image.fromarray(grid).save(path + ".tmp.png")
-      os.replace(path + ".tmp.png", path)
+      atomic.write_atomically(path, lambda p: Image.fromarray(grid).save(p, "PNG"))
     if done % config.train.checkpoint_every == 0 or done == num_steps:
       manager.save(done, args=ocp.args.StandardSave(state))
   manager.wait_until_finished()
