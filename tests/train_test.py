@@ -27,6 +27,20 @@ def _host(tree):
   return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
+def _assert_same_iteration(results, rtol, metric_atol):
+  """Two (metrics, generator params) results of one iteration agree.
+
+  Biases right before a BatchNorm have an exactly-zero true gradient; Adam
+  turns their rounding noise into +-lr steps, hence params atol = 2 lr.
+  """
+  (metrics_a, params_a), (metrics_b, params_b) = results
+  for name in metrics_a:
+    np.testing.assert_allclose(metrics_b[name], metrics_a[name], rtol=rtol,
+                               atol=metric_atol, err_msg=name)
+  for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
+    np.testing.assert_allclose(b, a, rtol=rtol, atol=2e-4)
+
+
 def _changed(before, after):
   return jax.tree.leaves(jax.tree.map(lambda a, b: not np.array_equal(a, b), before, after))
 
@@ -97,11 +111,7 @@ def test_eight_devices_match_one():
     # normalisation of near-zero gradients, which is not a sharding effect.
     state, metrics = steps(state, benchmark.random_batch(config, 8), key)
     results.append((_host(metrics), _host(state.gen.params)))
-  (m1, p1), (m8, p8) = results
-  for name in m1:
-    np.testing.assert_allclose(m8[name], m1[name], rtol=1e-4, atol=1e-5, err_msg=name)
-  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-4)
+  _assert_same_iteration(results, rtol=1e-4, metric_atol=1e-5)
 
 
 def test_pool_semantics():
@@ -168,10 +178,4 @@ def test_fused_calls_compute_the_same_iteration():
     _, _, state, steps = _setup(config, jax.devices()[:1])
     state, metrics = steps(state, benchmark.random_batch(config, 8), jax.random.PRNGKey(4))
     results.append((_host(metrics), _host(state.gen.params)))
-  (m0, p0), (m1, p1) = results
-  for name in m0:
-    np.testing.assert_allclose(m1[name], m0[name], rtol=1e-5, atol=1e-6, err_msg=name)
-  # Biases right before a BatchNorm have an exactly-zero true gradient;
-  # Adam turns their rounding noise into +-lr steps, hence atol = 2 lr.
-  for a, b in zip(jax.tree.leaves(p0), jax.tree.leaves(p1)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-4)
+  _assert_same_iteration(results, rtol=1e-5, metric_atol=1e-6)
