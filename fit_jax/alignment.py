@@ -1,4 +1,4 @@
-"""Differentiable face alignment for SphereFace (REFERENCE §6).
+"""Differentiable face alignment for the recognizers (REFERENCE §6).
 
 Replaces the original's per-sample numpy `cp2tform` + `affine_grid` +
 `grid_sample` with one batched closed-form similarity fit and a bilinear
@@ -29,7 +29,22 @@ TEMPLATE = jnp.array(
 )
 
 
-def similarity_theta(landmarks: jax.Array, source_size: float = 250.0) -> jax.Array:
+# FaceNet's 160x160 crop (x, y): where the five landmarks fall in the crops its
+# CASIA-WebFace model was trained on (MTCNN box widened by 32 px, resized to
+# 160); the mean over 100 LFW-subset faces with their MTCNN boxes.
+FACENET_TEMPLATE = jnp.array(
+  [[52.96, 65.64], [106.18, 65.45], [78.28, 91.28], [55.86, 111.82], [103.24, 111.85]],
+  jnp.float32,
+)
+FACENET_SIZE = 160
+
+
+def similarity_theta(
+  landmarks: jax.Array,
+  source_size: float = 250.0,
+  template: jax.Array = TEMPLATE,
+  crop_size: tuple[int, int] = (CROP_HEIGHT, CROP_WIDTH),
+) -> jax.Array:
   """Least-squares similarity from the crop template to the landmarks.
 
   Args:
@@ -37,13 +52,17 @@ def similarity_theta(landmarks: jax.Array, source_size: float = 250.0) -> jax.Ar
       CASIA-WebFace and LFW, whatever size the image is resized to later).
     source_size: side of the landmark frame; normalised as the original,
       s / (size / 2) - 1 (a sub-pixel off align_corners, kept for fidelity).
+    template: [5, 2] (x, y) target points in crop pixels (SphereFace's by
+      default; the evaluation recognizers pass their own).
+    crop_size: (height, width) of the crop the template lives in.
 
   Returns:
     theta [B, 2, 3] mapping normalised crop coordinates to normalised source
     coordinates (affine_grid's convention).
   """
   src = landmarks.astype(jnp.float32) / (source_size / 2.0) - 1.0
-  tpl = TEMPLATE / jnp.array([CROP_WIDTH / 2.0, CROP_HEIGHT / 2.0]) - 1.0
+  crop_height, crop_width = crop_size
+  tpl = jnp.asarray(template, jnp.float32) / jnp.array([crop_width / 2.0, crop_height / 2.0]) - 1.0
   # cp2tform fits the similarity from the landmarks *to* the template by
   # least squares and returns its inverse (least squares is not symmetric,
   # so fitting template -> landmarks directly differs by ~1e-2).
@@ -65,10 +84,12 @@ def similarity_theta(landmarks: jax.Array, source_size: float = 250.0) -> jax.Ar
   return jnp.stack([row0, row1], axis=1)
 
 
-def crop_grid(theta: jax.Array) -> jax.Array:
-  """affine_grid(theta, (B, 3, 112, 96), align_corners=True): [B, 112, 96, 2]."""
-  ys = jnp.linspace(-1.0, 1.0, CROP_HEIGHT)
-  xs = jnp.linspace(-1.0, 1.0, CROP_WIDTH)
+def crop_grid(
+  theta: jax.Array, crop_size: tuple[int, int] = (CROP_HEIGHT, CROP_WIDTH)
+) -> jax.Array:
+  """affine_grid(theta, (B, 3, H, W), align_corners=True): [B, H, W, 2]."""
+  ys = jnp.linspace(-1.0, 1.0, crop_size[0])
+  xs = jnp.linspace(-1.0, 1.0, crop_size[1])
   gx, gy = jnp.meshgrid(xs, ys)
   base = jnp.stack([gx, gy, jnp.ones_like(gx)], axis=-1)  # [H, W, 3]
   return jnp.einsum("hwk,bjk->bhwj", base, theta.astype(jnp.float32))
@@ -110,3 +131,21 @@ def warp_to_crop(images: jax.Array, theta: jax.Array) -> jax.Array:
   """
   crops = bilinear_sample(images, crop_grid(theta))
   return crops[..., ::-1]
+
+
+def recognizer_crops(
+  images: jax.Array, landmarks: jax.Array, source_size: float, recognizer: str
+) -> jax.Array:
+  """The aligned input of a training recognizer from [-1, 1] RGB images.
+
+  sphereface: the reference's 112x96 BGR crop in [-1, 1]. facenet: the
+  160x160 RGB crop with FaceNet's fixed standardisation (p - 127.5) / 128 of
+  the 0..255 pixel p, i.e. x * 127.5 / 128 of the [-1, 1] value x.
+  """
+  if recognizer == "sphereface":
+    return warp_to_crop(images, similarity_theta(landmarks, source_size))
+  if recognizer == "facenet":
+    size = (FACENET_SIZE, FACENET_SIZE)
+    theta = similarity_theta(landmarks, source_size, FACENET_TEMPLATE, size)
+    return bilinear_sample(images, crop_grid(theta, size)) * (127.5 / 128.0)
+  raise ValueError(f"unknown recognizer {recognizer!r}")

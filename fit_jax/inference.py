@@ -99,29 +99,14 @@ def load_generator(path: str):
   Returns:
     (generator, variables, deterministic): `deterministic` is False for
     checkpoints without running statistics (the reference's batch_stats
-    mode); those must be run one image at a time (see Transformer).
+    mode), whose outputs depend on the batch (see Transformer).
 
   Raises:
     ValueError / FileNotFoundError: one line naming the path.
   """
-  import os  # noqa: PLC0415
-
   from fit_jax import pretrained  # noqa: PLC0415
 
-  path = os.path.abspath(os.path.expanduser(path))
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"{path}: no checkpoint directory")
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    path = os.path.join(path, "checkpoints")
-  steps = sorted((int(d) for d in os.listdir(path) if d.isdigit()), reverse=True)
-  if steps:
-    path = os.path.join(path, str(steps[0]))
-  if os.path.isdir(os.path.join(path, "default")):
-    path = os.path.join(path, "default")
-  try:
-    tree = pretrained.restore_numpy(path)
-  except Exception as e:
-    raise ValueError(f"{path}: not a fit_jax checkpoint ({type(e).__name__})") from None
+  path, tree = pretrained.restore_checkpoint(path)
   if "gen" in tree:  # a training FitState
     params = tree["gen"]["params"]["generator"]
     stats = tree["gen"]["batch_stats"].get("generator") or None
@@ -143,8 +128,12 @@ class Transformer:
 
   `password_bits` are the user's bits [N] (or [B, N]); recover applies the
   inverse (complement) itself, so users give the same password to both.
-  Outputs are batch-independent: folded running statistics, or, for
-  checkpoints without them, one image at a time.
+  With folded running statistics every output is independent of its batch.
+  A checkpoint without them (the reference's batch_stats mode) normalises
+  with the statistics of the batch it is given, as the reference's
+  save_visual.py: outputs then depend on the batch, and a batch of one
+  image would erase the password entirely (its per-image constant channels
+  are exactly what the first BatchNorm subtracts), so that is refused.
   """
 
   def __init__(self, model, variables, deterministic: bool, scale: float = 1.0):
@@ -168,13 +157,13 @@ class Transformer:
       raise ValueError(
         f"this checkpoint takes {self.password_bits}-bit passwords; got bits of shape {bits.shape}"
       )
+    if not self.deterministic and images.shape[0] < 2:
+      raise ValueError(
+        "this checkpoint normalises with batch statistics (norm=batch_stats), which erase "
+        "the password of a single image; use a norm=batch checkpoint (README, Determinism)"
+      )
     z = sign * self.scale * (bits.astype(np.float32) - 0.5)
-    if self.deterministic:
-      return np.asarray(self._apply(self.variables, images, z))
-    return np.concatenate([
-      np.asarray(self._apply(self.variables, images[i:i + 1], z[i:i + 1]))
-      for i in range(images.shape[0])
-    ])
+    return np.asarray(self._apply(self.variables, images, z))
 
   def anonymize(self, images, password_bits):
     return self._run(images, password_bits, 1.0)

@@ -273,13 +273,15 @@ class FaceFolder:
       record by the next good one (deterministically) and counts it.
     seed: shuffling seed (a new permutation every epoch).
     identities: optional set of identity folder names to keep.
+    exclude_identities: identity folder names to leave out (e.g. everyone in
+      an evaluation's pairs file, config.data.exclude_pairs).
     split: for labelled (CASIA) files, the reference identity split
       (casia_split): train, test, val or all.
   """
 
   def __init__(self, root, landmark_file, *, with_labels, image_size,
                landmark_frame, num_classes, on_bad_record="error", seed=0,
-               identities=None, split="all"):
+               identities=None, exclude_identities=(), split="all"):
     if on_bad_record not in ("error", "skip"):
       raise ValueError(f"config.data.on_bad_record={on_bad_record!r}: use 'error' or 'skip'")
     if not os.path.isdir(root):
@@ -287,6 +289,9 @@ class FaceFolder:
     records, self.problems = parse_landmark_file(landmark_file, with_labels, on_bad_record)
     if identities is not None:
       records = [r for r in records if r.relpath.split("/")[0] in identities]
+    if exclude_identities:
+      excluded = set(exclude_identities)
+      records = [r for r in records if r.relpath.split("/")[0] not in excluded]
     if with_labels and records:
       records = casia_split(records, split)
     good = []
@@ -349,6 +354,16 @@ class FaceFolder:
     return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 
 
+def _pair_identities(pairs_file: str) -> set[str]:
+  """Names of everyone in an LFW pairs file (empty path: nobody)."""
+  if not pairs_file:
+    return set()
+  from fit_jax import lfw_pairs  # noqa: PLC0415
+
+  pairs = lfw_pairs.read_pairs(os.path.expanduser(pairs_file))
+  return {p.split("/")[0] for pair in pairs for p in (pair.first, pair.second)}
+
+
 def build_source(config):
   """The configured source (config.data.source)."""
   data = config.data
@@ -365,6 +380,7 @@ def build_source(config):
       num_classes=config.model.sphereface.num_classes,
       on_bad_record=data.on_bad_record, seed=config.seed,
       split=data.split if data.source == "casia" else "all",
+      exclude_identities=_pair_identities(data.get("exclude_pairs", "")),
     )
   raise ValueError(
     f"config.data.source={data.source!r}: use synthetic, lfw_folder, casia or folder"

@@ -133,6 +133,13 @@ def run(direction: str, inputs: list[str]) -> int:
     model, variables, deterministic = inference.load_generator(_CHECKPOINT.value)
   except (ValueError, FileNotFoundError) as e:
     raise app.UsageError(f"--checkpoint: {e}") from None
+  if not deterministic:
+    # A photo anonymized in one batch is recovered alone later: that needs
+    # outputs that do not depend on the batch.
+    raise app.UsageError(
+      f"--checkpoint: {_CHECKPOINT.value} has no running statistics (norm=batch_stats), so an "
+      "image's output would depend on the other images of its batch; use a norm=batch checkpoint"
+    )
   bits = read_password(model.password_bits)
   transformer = inference.Transformer(model, variables, deterministic)
   transform = transformer.anonymize if direction == "anonymize" else transformer.recover

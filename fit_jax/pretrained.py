@@ -12,7 +12,7 @@ import os
 import numpy as np
 import orbax.checkpoint as ocp
 
-MODULES = ("generator", "discriminator", "password_head", "sphereface")
+MODULES = ("generator", "discriminator", "password_head", "sphereface", "facenet")
 
 
 def save_variables(directory: str, variables: dict) -> None:
@@ -51,6 +51,32 @@ def load_variables(directory: str) -> dict:
   return restore_numpy(path)
 
 
+def restore_checkpoint(path: str) -> tuple[str, dict]:
+  """Numpy tree of the newest checkpoint under a training workdir, its
+  `checkpoints/` folder, one step, or a converted directory.
+
+  Returns:
+    (the orbax directory restored, the tree).
+
+  Raises:
+    FileNotFoundError / ValueError: one line naming the path.
+  """
+  path = os.path.abspath(os.path.expanduser(path))
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{path}: no checkpoint directory")
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    path = os.path.join(path, "checkpoints")
+  steps = sorted((int(d) for d in os.listdir(path) if d.isdigit()), reverse=True)
+  if steps:
+    path = os.path.join(path, str(steps[0]))
+  if os.path.isdir(os.path.join(path, "default")):
+    path = os.path.join(path, "default")
+  try:
+    return path, restore_numpy(path)
+  except Exception as e:
+    raise ValueError(f"{path}: not a fit_jax checkpoint ({type(e).__name__})") from None
+
+
 def _to_numpy(tree):
   if isinstance(tree, dict):
     return {k: _to_numpy(v) for k, v in tree.items()}
@@ -62,12 +88,22 @@ def initial_overrides(config) -> dict:
 
   config.train.init_from: a converted checkpoint directory (all modules in
     it are used). config.model.sphereface.pretrained: a sphere20a .pth
-    (converted on the fly; needs torch) or a converted directory.
+    (converted on the fly; needs torch) or a converted directory. With
+    config.model.recognizer='facenet', config.model.facenet.pretrained gives
+    the FaceNet backbone instead (the A-Softmax head starts fresh).
   """
   overrides = {}
   init_from = config.train.get("init_from", "")
   if init_from:
     overrides.update(load_variables(init_from))
+  if config.model.get("recognizer", "sphereface") == "facenet":
+    source = config.model.facenet.pretrained
+    if source:
+      from fit_jax import convert_facenet  # noqa: PLC0415
+
+      path = None if source == "package" else os.path.expanduser(source)
+      overrides["sphereface"] = {"params": {"backbone": convert_facenet.load_params(path)}}
+    return overrides
   sphere = config.model.sphereface.pretrained
   if sphere:
     sphere = os.path.expanduser(sphere)

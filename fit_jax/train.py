@@ -98,7 +98,6 @@ def generator_step(
     keys["passwords"], b, config.model.password_bits
   )
   enc = {k: passwords.encode(v, config.model.password_scale) for k, v in pw_bits.items()}
-  theta = alignment.similarity_theta(batch["landmarks"], config.data.landmark_frame)
   disc_params = state.disc.params
   disc_stats = state.disc.batch_stats
 
@@ -183,9 +182,10 @@ def generator_step(
 
     # SphereFace has no batch statistics, so the five recognitions are one
     # call on the concatenated crops: the same maths, one larger kernel.
-    crops = alignment.warp_to_crop(
+    crops = alignment.recognizer_crops(
       jnp.concatenate([anon, recon, wrong, anon2, wrong2]),
-      jnp.tile(theta, (5, 1, 1)),
+      jnp.tile(batch["landmarks"], (5, 1, 1)), config.data.landmark_frame,
+      config.model.recognizer,
     )
     (cos, phi), feats = models.sphereface.apply(
       {"params": disc_params["sphereface"]}, crops
@@ -316,10 +316,10 @@ def discriminator_step(
   pools["WR"], fake_wr = query_pool(
     pools["WR"], jnp.concatenate([generated["wrong"], generated["wrong2"]]), keys[2], b
   )
-  theta = alignment.similarity_theta(batch["landmarks"], config.data.landmark_frame)
-  crops = alignment.warp_to_crop(
+  crops = alignment.recognizer_crops(
     jnp.concatenate([generated["anon"], generated["recon"], generated["wrong"], x]),
-    jnp.tile(theta, (4, 1, 1)),
+    jnp.tile(batch["landmarks"], (4, 1, 1)), config.data.landmark_frame,
+    config.model.recognizer,
   )
 
   def loss_fn(params):

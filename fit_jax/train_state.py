@@ -83,7 +83,7 @@ def init_variables(models: models_lib.Models, key: jax.Array, image_size: int, p
   kg, kd, kq, kf = jax.random.split(key, 4)
   images = jnp.zeros((2, image_size, image_size, 3), jnp.float32)
   password = jnp.zeros((2, password_bits), jnp.float32)
-  crops = jnp.zeros((2, 112, 96, 3), jnp.float32)
+  crops = jnp.zeros((2, *models.sphereface.crop_size, 3), jnp.float32)
   return {
     "generator": models.generator.init(kg, images, password, train=True),
     "discriminator": models.discriminator.init(kd, images, branch="M", train=True),
@@ -150,10 +150,19 @@ def create_train_state(
   if overrides:
     params = {**state.gen.params, **state.disc.params}
     stats = {**state.gen.batch_stats, **state.disc.batch_stats}
-    variables = {n: {"params": p} for n, p in params.items()}
+    variables = {
+      n: {"params": p, **({"batch_stats": stats[n]} if stats.get(n) else {})}
+      for n, p in params.items()
+    }
     for name, new in overrides.items():
-      _check_same_shapes(variables[name]["params"], new["params"], name)
-      variables[name] = {"params": new["params"]}
+      # A partial override (e.g. a pretrained FaceNet backbone without the
+      # A-Softmax head) keeps the fresh top-level entries it does not name.
+      unknown = sorted(set(new["params"]) - set(variables[name]["params"]))
+      if unknown:
+        raise ValueError(f"variables for {name!r} have entries {unknown} the model lacks")
+      merged = {**variables[name]["params"], **new["params"]}
+      _check_same_shapes(variables[name]["params"], merged, name)
+      variables[name] = {"params": merged}
       # Reference checkpoints have no running statistics: a norm=batch model
       # keeps its fresh ones (mean 0, var 1) until training updates them.
       new_stats = new.get("batch_stats") or stats.get(name)

@@ -6,12 +6,13 @@ import jax.numpy as jnp
 
 from fit_jax.models.discriminator import BRANCHES, MultiScaleDiscriminator
 from fit_jax.models.generator import Generator
+from fit_jax.models.inception_resnet_v1 import FaceNetClassifier
 from fit_jax.models.password_head import PasswordHead
 from fit_jax.models.sphereface import AngleLinear, SphereFace20a
 
 __all__ = [
   "BRANCHES", "Generator", "MultiScaleDiscriminator", "PasswordHead",
-  "SphereFace20a", "AngleLinear", "Models", "build_models",
+  "SphereFace20a", "FaceNetClassifier", "AngleLinear", "Models", "build_models",
 ]
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -24,7 +25,10 @@ class Models:
   generator: Generator
   discriminator: MultiScaleDiscriminator
   password_head: PasswordHead
-  sphereface: SphereFace20a
+  # The training recognizer (config.model.recognizer). Its slot keeps the
+  # reference's name, `sphereface`, in the state and in checkpoints, whichever
+  # network fills it.
+  sphereface: SphereFace20a | FaceNetClassifier
 
 
 def build_models(model_config) -> Models:
@@ -35,10 +39,7 @@ def build_models(model_config) -> Models:
     )
   dtype = _DTYPES[model_config.dtype]
   norm = dict(norm=model_config.norm, norm_group_size=model_config.norm_group_size)
-  g, d, q, fr = (
-    model_config.generator, model_config.discriminator,
-    model_config.password_head, model_config.sphereface,
-  )
+  g, d, q = model_config.generator, model_config.discriminator, model_config.password_head
   return Models(
     generator=Generator(
       password_bits=model_config.password_bits, ngf=g.ngf,
@@ -51,7 +52,18 @@ def build_models(model_config) -> Models:
     password_head=PasswordHead(
       password_bits=model_config.password_bits, ndf=q.ndf, dtype=dtype, **norm
     ),
-    sphereface=SphereFace20a(
-      num_classes=fr.num_classes, width=fr.width, dtype=dtype
-    ),
+    sphereface=_recognizer(model_config, dtype),
   )
+
+
+RECOGNIZERS = ("sphereface", "facenet")
+
+
+def _recognizer(model_config, dtype):
+  name = model_config.get("recognizer", "sphereface")
+  fr = model_config.sphereface
+  if name == "sphereface":
+    return SphereFace20a(num_classes=fr.num_classes, width=fr.width, dtype=dtype)
+  if name == "facenet":
+    return FaceNetClassifier(num_classes=fr.num_classes, dtype=dtype)
+  raise ValueError(f"config.model.recognizer={name!r} is not one of {RECOGNIZERS}")

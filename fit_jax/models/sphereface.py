@@ -6,7 +6,7 @@ pure function in `fit_jax.losses`.
 """
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -67,6 +67,8 @@ class SphereFace20a(nn.Module):
     num_classes: identities of the fc6 head (10,574 for CASIA-WebFace).
     width: channels of stage 1 (64 in sphere20a; smaller in test configs).
   """
+
+  crop_size: ClassVar[tuple[int, int]] = (112, 96)
 
   num_classes: int = 10574
   width: int = 64
