@@ -275,13 +275,16 @@ class FaceFolder:
     identities: optional set of identity folder names to keep.
     exclude_identities: identity folder names to leave out (e.g. everyone in
       an evaluation's pairs file, config.data.exclude_pairs).
+    ffhq_paths: FFHQ's validation_paths.txt: keep only the images it lists
+      (relative to root) and label them all 0, as the reference's FFHQ set
+      (which has no identities).
     split: for labelled (CASIA) files, the reference identity split
       (casia_split): train, test, val or all.
   """
 
   def __init__(self, root, landmark_file, *, with_labels, image_size,
                landmark_frame, num_classes, on_bad_record="error", seed=0,
-               identities=None, exclude_identities=(), split="all"):
+               identities=None, exclude_identities=(), split="all", ffhq_paths=None):
     if on_bad_record not in ("error", "skip"):
       raise ValueError(f"config.data.on_bad_record={on_bad_record!r}: use 'error' or 'skip'")
     if not os.path.isdir(root):
@@ -289,6 +292,13 @@ class FaceFolder:
     records, self.problems = parse_landmark_file(landmark_file, with_labels, on_bad_record)
     if identities is not None:
       records = [r for r in records if r.relpath.split("/")[0] in identities]
+    if ffhq_paths:
+      if not os.path.isfile(ffhq_paths):
+        raise FileNotFoundError(f"{ffhq_paths}: FFHQ's validation_paths.txt not found")
+      with open(ffhq_paths) as f:
+        listed = {os.path.normpath(line.strip()) for line in f if line.strip()}
+      records = [dataclasses.replace(r, label=0) for r in records
+                 if os.path.normpath(r.relpath) in listed]
     if exclude_identities:
       excluded = set(exclude_identities)
       records = [r for r in records if r.relpath.split("/")[0] not in excluded]
@@ -318,13 +328,17 @@ class FaceFolder:
   def num_examples(self) -> int:
     return len(self.records)
 
+  def read(self, record: Record) -> tuple[np.ndarray, tuple[int, int]]:
+    """The record's image, preprocessed, and its original (width, height)."""
+    return load_image(os.path.join(self.root, record.relpath), self.image_size)
+
   def example(self, index: int) -> dict[str, np.ndarray]:
     """One decoded record; bad ones are replaced by the next in 'skip' mode."""
     n = len(self.records)
     for offset in range(min(n, 64)):
       record = self.records[(index + offset) % n]
       try:
-        image, (width, height) = load_image(os.path.join(self.root, record.relpath), self.image_size)
+        image, (width, height) = self.read(record)
       except BadRecordError as e:
         if self.on_bad_record == "error":
           raise
@@ -352,6 +366,58 @@ class FaceFolder:
       indices = [self.dataset[step * batch_size + i] for i in rows]
     examples = [self.example(int(i)) for i in indices]
     return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+
+class TfdsFaces(FaceFolder):
+  """A TFDS image dataset with identity labels (e.g. `lfw`) plus a landmark file.
+
+  TFDS records carry no file names, so the landmark file made by
+  `python -m fit_jax.landmarks --tfds NAME` names each record
+  `<label>/<index>` (its index in the prepared ArrayRecord split, a fixed
+  order for a given dataset version); a record whose label differs from the
+  line's is reported as from another preparation. Needs the dataset prepared
+  in the array_record format (`tfds build lfw --file_format=array_record`;
+  TFDS downloads lfw.tgz itself) under `data_dir`; nothing is downloaded here.
+  """
+
+  def __init__(self, name: str, data_dir: str, landmark_file: str, **kwargs):
+    self.source = open_tfds(name, data_dir)
+    self.name = name
+    super().__init__(data_dir, landmark_file, with_labels=False, **kwargs)
+
+  def read(self, record: Record) -> tuple[np.ndarray, tuple[int, int]]:
+    label, _, index = record.relpath.rpartition("/")
+    try:
+      example = self.source[int(index)]
+    except (ValueError, IndexError):
+      raise BadRecordError(
+        f"{record.where}: {record.relpath!r} is not <label>/<index> of the {len(self.source)} "
+        f"records of TFDS {self.name!r}") from None
+    found = example["label"]
+    found = found.decode() if isinstance(found, bytes) else str(found)
+    if found != label:
+      raise BadRecordError(
+        f"{record.where}: TFDS {self.name!r} record {index} is {found!r}, not {label!r} "
+        "(the landmark file was made from another preparation of the dataset)")
+    image = np.asarray(example["image"])
+    if image.ndim == 2:
+      image = np.repeat(image[..., None], 3, axis=-1)
+    return preprocess(image[..., :3], self.image_size), (image.shape[1], image.shape[0])
+
+
+def open_tfds(name: str, data_dir: str):
+  """Random-access records of a prepared TFDS dataset's train split."""
+  try:
+    import tensorflow_datasets as tfds  # noqa: PLC0415  (export extra)
+  except ImportError as e:
+    raise ImportError(f"TFDS sources need tensorflow-datasets (the `export` extra): {e}") from None
+  try:
+    return tfds.data_source(name, split="train", data_dir=data_dir, download=False)
+  except Exception as e:  # TFDS raises several types for a missing preparation
+    raise FileNotFoundError(
+      f"TFDS {name!r} is not prepared (array_record) under {data_dir!r}: run "
+      f"`tfds build {name} --data_dir {data_dir} --file_format=array_record` "
+      f"on a machine with internet ({type(e).__name__})") from None
 
 
 def _pair_identities(pairs_file: str) -> set[str]:
@@ -382,6 +448,27 @@ def build_source(config):
       split=data.split if data.source == "casia" else "all",
       exclude_identities=_pair_identities(data.get("exclude_pairs", "")),
     )
+  if data.source == "lfw_tfds":
+    if not data.landmarks:
+      raise ValueError("config.data.landmarks: lfw_tfds needs a landmark file "
+                       "(python -m fit_jax.landmarks --tfds lfw ...)")
+    return TfdsFaces(
+      "lfw", os.path.expanduser(data.root), os.path.expanduser(data.landmarks),
+      image_size=data.image_size, landmark_frame=data.landmark_frame,
+      num_classes=config.model.sphereface.num_classes, on_bad_record=data.on_bad_record,
+      seed=config.seed, exclude_identities=_pair_identities(data.get("exclude_pairs", "")),
+    )
+  if data.source == "ffhq":
+    if not data.landmarks:
+      raise ValueError("config.data.landmarks: ffhq needs a landmark file "
+                       "(python -m fit_jax.landmarks --images <ffhq thumbnails> ...)")
+    return FaceFolder(
+      os.path.expanduser(data.root), os.path.expanduser(data.landmarks), with_labels=False,
+      image_size=data.image_size, landmark_frame=data.landmark_frame,
+      num_classes=config.model.sphereface.num_classes, on_bad_record=data.on_bad_record,
+      seed=config.seed, identities=None, ffhq_paths=os.path.join(
+        os.path.expanduser(data.root), "validation_paths.txt"),
+    )
   raise ValueError(
-    f"config.data.source={data.source!r}: use synthetic, lfw_folder, casia or folder"
+    f"config.data.source={data.source!r}: use synthetic, lfw_folder, lfw_tfds, casia, ffhq or folder"
   )

@@ -1,6 +1,7 @@
 """Landmark tool: MTCNN five-point landmarks in the reference's file format.
 
   python -m fit_jax.landmarks --images DIR --out FILE [--with_labels]
+  python -m fit_jax.landmarks --tfds lfw --tfds_data_dir DIR --out FILE
 
 Writes one line per image with a face, `relpath x1 y1 ... x5 y5` (LFW's
 `lfw_landmark.txt`), or `relpath label x1 y1 ... x5 y5` with --with_labels
@@ -9,7 +10,8 @@ among the sorted identity folders). Points are left eye, right eye, nose,
 left and right mouth corner, in pixels of the original image, as the
 authors' MTCNN files. Where MTCNN finds several faces, the confident face
 (>= 0.9) whose box centre is nearest the image centre is kept (datasets of
-this kind centre their subject), else the most confident one.
+this kind centre their subject), else the most confident one. TFDS records
+have no file names: with --tfds each line names its record `<label>/<index>`.
 
 Images that cannot be decoded and images without a face are listed by path
 with a count on stdout and in FILE.failures.txt; none is dropped silently.
@@ -17,6 +19,7 @@ The output is written atomically and never over an image. Needs the `mtcnn`
 package (and TensorFlow), the `faces` extra.
 """
 
+import functools
 import os
 import sys
 
@@ -31,6 +34,8 @@ KEYPOINTS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
 _IMAGES = flags.DEFINE_string("images", None, "Folder of images (searched recursively).")
 _OUT = flags.DEFINE_string("out", None, "Landmark file to write.")
+_TFDS = flags.DEFINE_string("tfds", None, "A prepared TFDS dataset (e.g. lfw) instead of --images.")
+_TFDS_DATA_DIR = flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir of --tfds.")
 _WITH_LABELS = flags.DEFINE_bool("with_labels", False, "CASIA format with identity labels.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Images per MTCNN call.")
 
@@ -76,10 +81,42 @@ def detect_folder(root: str, with_labels: bool, batch: int = 8):
   Returns:
     (lines, failures): landmark lines, and (relpath, reason) pairs.
   """
+  paths = list_images(root)
+
+  def read(relpath):
+    with Image.open(os.path.join(root, relpath)) as im:
+      return np.asarray(im.convert("RGB"))
+
+  return detect_items([(p, functools.partial(read, p)) for p in paths], with_labels, batch)
+
+
+def detect_tfds(name: str, data_dir: str, batch: int = 8):
+  """Runs MTCNN over a prepared TFDS dataset's train split; records are
+  named `<label>/<index>` (input_pipeline.TfdsFaces reads them back)."""
+  from fit_jax import input_pipeline  # noqa: PLC0415
+
+  source = input_pipeline.open_tfds(name, data_dir)
+
+  def label(index):
+    value = source[index]["label"]
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+  def read(index):
+    image = np.asarray(source[index]["image"])
+    return np.repeat(image[..., None], 3, -1) if image.ndim == 2 else image[..., :3]
+
+  items = []
+  for index in range(len(source)):
+    items.append((f"{label(index)}/{index}", functools.partial(read, index)))
+  return detect_items(items, with_labels=False, batch=batch)
+
+
+def detect_items(items, with_labels: bool, batch: int = 8):
+  """MTCNN over (relpath, read) items, read() giving an RGB uint8 array."""
   from mtcnn import MTCNN  # noqa: PLC0415  (TensorFlow; optional extra)
 
   detector = MTCNN()
-  paths = list_images(root)
+  paths = [relpath for relpath, _ in items]
   identities = sorted({p.split(os.sep)[0] for p in paths if os.sep in p})
   label_of = {name: i for i, name in enumerate(identities)}
   lines, failures = [], []
@@ -103,10 +140,9 @@ def detect_folder(root: str, with_labels: bool, batch: int = 8):
       lines.append(format_line(relpath, face_points(face), label))
     pending.clear()
 
-  for i, relpath in enumerate(paths):
+  for i, (relpath, read) in enumerate(items):
     try:
-      with Image.open(os.path.join(root, relpath)) as im:
-        img = np.asarray(im.convert("RGB"))
+      img = read()
     except Exception as e:  # any decoding problem is reported per file
       failures.append((relpath, f"unreadable ({type(e).__name__})"))
       continue
@@ -122,13 +158,16 @@ def detect_folder(root: str, with_labels: bool, batch: int = 8):
 def main(argv):
   del argv
   root, out = _IMAGES.value, _OUT.value
-  if not root or not os.path.isdir(root):
+  if not _TFDS.value and (not root or not os.path.isdir(root)):
     raise app.UsageError(f"--images {root!r} is not a folder")
   if not out:
     raise app.UsageError("--out is required")
   if out.lower().endswith(IMAGE_SUFFIXES):
     raise app.UsageError(f"--out {out!r} looks like an image; refusing to overwrite it")
-  lines, failures = detect_folder(root, _WITH_LABELS.value, _BATCH.value)
+  if _TFDS.value:
+    lines, failures = detect_tfds(_TFDS.value, _TFDS_DATA_DIR.value, _BATCH.value)
+  else:
+    lines, failures = detect_folder(root, _WITH_LABELS.value, _BATCH.value)
   atomic.write_text(out, "".join(line + "\n" for line in lines))
   atomic.write_text(out + ".failures.txt", "".join(f"{p}\t{r}\n" for p, r in failures))
   for relpath, reason in failures:
