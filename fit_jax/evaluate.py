@@ -75,8 +75,9 @@ METHOD = "fit_jax"
 def progress(iterable, desc: str, total: int | None = None):
   from tqdm import tqdm  # noqa: PLC0415
 
+  # Bars on a terminal only: in logs and CI they would be noise.
   return tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=False,
-              disable=not sys.stderr.isatty() and os.environ.get("FIT_PROGRESS") != "1")
+              disable=not sys.stderr.isatty())
 
 
 def draw_passwords(num_images: int, bits: int, seed: int) -> dict[str, np.ndarray]:

@@ -37,7 +37,23 @@ def _normalise(embeddings: np.ndarray) -> np.ndarray:
   return embeddings / np.maximum(np.linalg.norm(embeddings, axis=-1, keepdims=True), 1e-12)
 
 
-class FaceNet:
+class _Jitted:
+  """Batches images through a jitted `_embed(params, images, landmarks, size)`."""
+
+  _params: dict
+  _batch_size: int
+
+  def __call__(self, images, landmarks, source_size: float = 250.0) -> np.ndarray:
+    out = []
+    for i in range(0, len(images), self._batch_size):
+      out.append(np.asarray(self._embed(
+        self._params, np.asarray(images[i:i + self._batch_size], np.float32),
+        np.asarray(landmarks[i:i + self._batch_size], np.float32), float(source_size),
+      )))
+    return _normalise(np.concatenate(out))
+
+
+class FaceNet(_Jitted):
   """FaceNet Inception-ResNet-v1 (CASIA-WebFace), in Flax."""
 
   name = "facenet"
@@ -58,17 +74,9 @@ class FaceNet:
 
     self._embed = jax.jit(embed, static_argnums=3)
 
-  def __call__(self, images, landmarks, source_size: float = 250.0) -> np.ndarray:
-    out = []
-    for i in range(0, len(images), self._batch_size):
-      out.append(np.asarray(self._embed(
-        self._params, np.asarray(images[i:i + self._batch_size], np.float32),
-        np.asarray(landmarks[i:i + self._batch_size], np.float32), float(source_size),
-      )))
-    return _normalise(np.concatenate(out))
 
 
-class SphereFace:
+class SphereFace(_Jitted):
   """fit_jax's SphereFace-20a, fc5 features of the reference's aligned crop."""
 
   name = "sphereface"
@@ -96,14 +104,6 @@ class SphereFace:
 
     self._embed = jax.jit(embed, static_argnums=3)
 
-  def __call__(self, images, landmarks, source_size: float = 250.0) -> np.ndarray:
-    out = []
-    for i in range(0, len(images), self._batch_size):
-      out.append(np.asarray(self._embed(
-        self._params, np.asarray(images[i:i + self._batch_size], np.float32),
-        np.asarray(landmarks[i:i + self._batch_size], np.float32), float(source_size),
-      )))
-    return _normalise(np.concatenate(out))
 
 
 def load_sphereface_params(weights: str) -> dict:

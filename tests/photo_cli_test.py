@@ -63,15 +63,17 @@ def test_crop_mode_with_bad_inputs(checkpoint, tmp_path):
   (inputs / "notes.txt.jpg").write_text("hello")
   (inputs / "cut.jpg").write_bytes(PHOTO.read_bytes()[:700])
   Image.new("RGB", (8, 8)).save(inputs / "tiny.png")
+  Image.new("L", (8000, 6000)).save(inputs / "huge.png")  # 48 MP, refused before decoding
   out = tmp_path / "out"
   done = _cli("anonymize", f"--checkpoint={checkpoint}", "--password_env=FIT_PW",
               f"--out={out}", str(inputs), str(tmp_path / "missing.jpg"), env={"FIT_PW": PASSWORD})
   assert done.returncode == 1, done.stderr[-2000:]
   lines = done.stdout.splitlines()
   for name, reason in [("notes.txt.jpg", "not a readable image"), ("cut.jpg", "not a readable image"),
-                       ("tiny.png", "too small"), ("missing.jpg", "no such file")]:
+                       ("tiny.png", "too small"), ("huge.png", "too large"),
+                       ("missing.jpg", "no such file")]:
     assert any(name in line and reason in line for line in lines), (name, done.stdout)
-  assert "5 written" in lines[-1] and "4 failed" in lines[-1]
+  assert "5 written" in lines[-1] and "5 failed" in lines[-1]
   for name in ("face.jpg", "cmyk.jpg", "alpha.png", "gray.png", "deep.png"):
     image = Image.open(out / name)
     assert image.size == (128, 128) and image.mode == "RGB"
