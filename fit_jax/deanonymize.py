@@ -30,11 +30,6 @@ from fit_jax import atomic, baselines, input_pipeline, losses
 from fit_jax import models as models_lib
 from fit_jax.train import _apply
 
-_CONFIG = config_flags.DEFINE_config_file(
-  "config", None, "configs/deanonymize.py:<baseline>", lock_config=True
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
-
 
 def init(config, models, key):
   size = config.data.image_size
@@ -130,14 +125,23 @@ def train(config, workdir: str) -> str:
   return out_dir
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not _CONFIG.value or not _WORKDIR.value:
-    raise app.UsageError("--config and --workdir are required")
-  path = train(_CONFIG.value, os.path.abspath(os.path.expanduser(_WORKDIR.value)))
-  print(f"deanonymizer for {_CONFIG.value.deanonymize.baseline!r} written to {path}")
+def main():
+  # Flags are defined only when the CLI runs, so importing this module (the
+  # tests do, beside other CLIs) leaves absl's global flag names free.
+  config = config_flags.DEFINE_config_file(
+    "config", None, "configs/deanonymize.py:<baseline>", lock_config=True)
+  workdir = flags.DEFINE_string("workdir", None, "Output directory.")
+
+  def run(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not config.value or not workdir.value:
+      raise app.UsageError("--config and --workdir are required")
+    path = train(config.value, os.path.abspath(os.path.expanduser(workdir.value)))
+    print(f"deanonymizer for {config.value.deanonymize.baseline!r} written to {path}")
+
+  app.run(run)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  main()

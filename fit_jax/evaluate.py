@@ -39,35 +39,12 @@ import json
 import os
 import sys
 import time
+import types
 
 import numpy as np
 from absl import app, flags
 
 from fit_jax import atomic, baselines, lfw_pairs, metrics, recognizers
-
-_CHECKPOINT = flags.DEFINE_string(
-  "checkpoint", "", "fit_jax checkpoint (workdir, step or converted dir); empty: baselines only."
-)
-_DATA = flags.DEFINE_string("data", None, "LFW folder: <data>/lfw/<name>/*.jpg (or <data>/<name>/*.jpg).")
-_PAIRS = flags.DEFINE_string("pairs", "", "pairs.txt or pairs_covered.tsv (default <data>/pairs.txt).")
-_LANDMARKS = flags.DEFINE_string(
-  "landmarks", "", "Landmark file (default <data>/lfw_landmark.txt; make one with fit_jax.landmarks)."
-)
-_OUT = flags.DEFINE_string("out", None, "Report directory (created; must not exist).")
-_RECOGNIZERS = flags.DEFINE_list("recognizers", ["dlib", "facenet"], f"Of {recognizers.NAMES}.")
-_SPHEREFACE = flags.DEFINE_string(
-  "sphereface", "", "SphereFace weights for --recognizers sphereface (default: the checkpoint's)."
-)
-_BASELINES = flags.DEFINE_list("baselines", [], f"Of {baselines.NAMES}.")
-_DEANONYMIZERS = flags.DEFINE_string(
-  "deanonymizers", "", "Folder with one fit_jax.deanonymize workdir per baseline, named by it."
-)
-_FOLDS = flags.DEFINE_list("folds", [], "pairs.txt folds to use (default all present).")
-_MAX_PAIRS = flags.DEFINE_integer("max_pairs", 0, "Use at most this many pairs (0: all).")
-_DETECTOR = flags.DEFINE_enum("detector", "mtcnn", ["mtcnn", "none"], "Detector consistency.")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", 128, "Side the model sees.")
-_BATCH = flags.DEFINE_integer("batch_size", 32, "Generator batch.")
-_SEED = flags.DEFINE_integer("seed", 0, "Password seed.")
 
 METHOD = "fit_jax"
 
@@ -377,30 +354,61 @@ def write_report(report: dict, extras: dict, out_dir: str) -> None:
   plot(report, extras, out_dir)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not _DATA.value or not _OUT.value:
-    raise app.UsageError("--data and --out are required")
-  out_dir = os.path.abspath(os.path.expanduser(_OUT.value))
-  if os.path.exists(out_dir):
-    raise app.UsageError(f"--out {out_dir} exists; choose a new report directory")
-  try:
-    report, extras = evaluate(
-      checkpoint=_CHECKPOINT.value, data=os.path.expanduser(_DATA.value),
-      pairs_file=_PAIRS.value, landmark_file=_LANDMARKS.value,
-      recognizer_names=_RECOGNIZERS.value, baseline_names=_BASELINES.value,
-      deanonymizers=_DEANONYMIZERS.value, sphereface=_SPHEREFACE.value,
-      folds=[int(f) for f in _FOLDS.value] or None, max_pairs=_MAX_PAIRS.value,
-      detector=_DETECTOR.value, image_size=_IMAGE_SIZE.value, batch_size=_BATCH.value,
-      seed=_SEED.value,
-    )
-  except (ValueError, FileNotFoundError, ImportError) as e:
-    sys.exit(f"evaluate: {e}")
-  write_report(report, extras, out_dir)
-  print(markdown(report))
-  print(f"report written to {out_dir}/report.json, report.md and plots")
+def _define_flags() -> types.SimpleNamespace:
+  """The CLI's flags, defined only when it runs (so importing this module, as
+  tests and notebooks do, leaves absl's global flag names free)."""
+  return types.SimpleNamespace(
+    checkpoint=flags.DEFINE_string(
+      "checkpoint", "", "fit_jax checkpoint (workdir, step or converted dir); empty: baselines only."),
+    data=flags.DEFINE_string("data", None, "LFW folder: <data>/lfw/<name>/*.jpg or <data>/<name>/*.jpg."),
+    pairs=flags.DEFINE_string("pairs", "", "pairs.txt or pairs_covered.tsv (default <data>/pairs.txt)."),
+    landmarks=flags.DEFINE_string(
+      "landmarks", "", "Landmark file (default <data>/lfw_landmark.txt; see fit_jax.landmarks)."),
+    out=flags.DEFINE_string("out", None, "Report directory (created; must not exist)."),
+    recognizers=flags.DEFINE_list("recognizers", ["dlib", "facenet"], f"Of {recognizers.NAMES}."),
+    sphereface=flags.DEFINE_string(
+      "sphereface", "", "SphereFace weights for --recognizers sphereface (default: the checkpoint's)."),
+    baselines=flags.DEFINE_list("baselines", [], f"Of {baselines.NAMES}."),
+    deanonymizers=flags.DEFINE_string(
+      "deanonymizers", "", "Folder with one fit_jax.deanonymize workdir per baseline, named by it."),
+    folds=flags.DEFINE_list("folds", [], "pairs.txt folds to use (default all present)."),
+    max_pairs=flags.DEFINE_integer("max_pairs", 0, "Use at most this many pairs (0: all)."),
+    detector=flags.DEFINE_enum("detector", "mtcnn", ["mtcnn", "none"], "Detector consistency."),
+    image_size=flags.DEFINE_integer("image_size", 128, "Side the model sees."),
+    batch=flags.DEFINE_integer("batch_size", 32, "Generator batch."),
+    seed=flags.DEFINE_integer("seed", 0, "Password seed."),
+  )
+
+
+def main():
+  f = _define_flags()
+
+  def run(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not f.data.value or not f.out.value:
+      raise app.UsageError("--data and --out are required")
+    out_dir = os.path.abspath(os.path.expanduser(f.out.value))
+    if os.path.exists(out_dir):
+      raise app.UsageError(f"--out {out_dir} exists; choose a new report directory")
+    try:
+      report, extras = evaluate(
+        checkpoint=f.checkpoint.value, data=os.path.expanduser(f.data.value),
+        pairs_file=f.pairs.value, landmark_file=f.landmarks.value,
+        recognizer_names=f.recognizers.value, baseline_names=f.baselines.value,
+        deanonymizers=f.deanonymizers.value, sphereface=f.sphereface.value,
+        folds=[int(x) for x in f.folds.value] or None, max_pairs=f.max_pairs.value,
+        detector=f.detector.value, image_size=f.image_size.value, batch_size=f.batch.value,
+        seed=f.seed.value,
+      )
+    except (ValueError, FileNotFoundError, ImportError) as e:
+      sys.exit(f"evaluate: {e}")
+    write_report(report, extras, out_dir)
+    print(markdown(report))
+    print(f"report written to {out_dir}/report.json, report.md and plots")
+
+  app.run(run)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  main()

@@ -22,6 +22,7 @@ package (and TensorFlow), the `faces` extra.
 import functools
 import os
 import sys
+import types
 
 import numpy as np
 from absl import app, flags
@@ -31,14 +32,6 @@ from fit_jax import atomic
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 KEYPOINTS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
-
-_IMAGES = flags.DEFINE_string("images", None, "Folder of images (searched recursively).")
-_OUT = flags.DEFINE_string("out", None, "Landmark file to write.")
-_TFDS = flags.DEFINE_string("tfds", None, "A prepared TFDS dataset (e.g. lfw) instead of --images.")
-_TFDS_DATA_DIR = flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir of --tfds.")
-_WITH_LABELS = flags.DEFINE_bool("with_labels", False, "CASIA format with identity labels.")
-_BATCH = flags.DEFINE_integer("batch", 8, "Images per MTCNN call.")
-
 
 def list_images(root: str) -> list[str]:
   """Relative paths of all images under root, sorted."""
@@ -155,27 +148,40 @@ def detect_items(items, with_labels: bool, batch: int = 8):
   return lines, failures
 
 
-def main(argv):
-  del argv
-  root, out = _IMAGES.value, _OUT.value
-  if not _TFDS.value and (not root or not os.path.isdir(root)):
-    raise app.UsageError(f"--images {root!r} is not a folder")
-  if not out:
-    raise app.UsageError("--out is required")
-  if out.lower().endswith(IMAGE_SUFFIXES):
-    raise app.UsageError(f"--out {out!r} looks like an image; refusing to overwrite it")
-  if _TFDS.value:
-    lines, failures = detect_tfds(_TFDS.value, _TFDS_DATA_DIR.value, _BATCH.value)
-  else:
-    lines, failures = detect_folder(root, _WITH_LABELS.value, _BATCH.value)
-  atomic.write_text(out, "".join(line + "\n" for line in lines))
-  atomic.write_text(out + ".failures.txt", "".join(f"{p}\t{r}\n" for p, r in failures))
-  for relpath, reason in failures:
-    print(f"skipped {relpath}: {reason}")
-  print(f"wrote {len(lines)} landmark lines to {out}; {len(failures)} images "
-        f"without landmarks (listed in {out}.failures.txt)")
+def main():
+  # Flags are defined only when the tool runs, so importing this module (the
+  # tests do, beside other CLIs) leaves absl's global flag names free.
+  f = types.SimpleNamespace(
+    images=flags.DEFINE_string("images", None, "Folder of images (searched recursively)."),
+    out=flags.DEFINE_string("out", None, "Landmark file to write."),
+    tfds=flags.DEFINE_string("tfds", None, "A prepared TFDS dataset (e.g. lfw) instead of --images."),
+    tfds_data_dir=flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir of --tfds."),
+    with_labels=flags.DEFINE_bool("with_labels", False, "CASIA format with identity labels."),
+    batch=flags.DEFINE_integer("batch", 8, "Images per MTCNN call."),
+  )
+
+  def run(argv):
+    del argv
+    root, out = f.images.value, f.out.value
+    if not f.tfds.value and (not root or not os.path.isdir(root)):
+      raise app.UsageError(f"--images {root!r} is not a folder")
+    if not out:
+      raise app.UsageError("--out is required")
+    if out.lower().endswith(IMAGE_SUFFIXES):
+      raise app.UsageError(f"--out {out!r} looks like an image; refusing to overwrite it")
+    if f.tfds.value:
+      lines, failures = detect_tfds(f.tfds.value, f.tfds_data_dir.value, f.batch.value)
+    else:
+      lines, failures = detect_folder(root, f.with_labels.value, f.batch.value)
+    atomic.write_text(out, "".join(line + "\n" for line in lines))
+    atomic.write_text(out + ".failures.txt", "".join(f"{p}\t{r}\n" for p, r in failures))
+    for relpath, reason in failures:
+      print(f"skipped {relpath}: {reason}")
+    print(f"wrote {len(lines)} landmark lines to {out}; {len(failures)} images "
+          f"without landmarks (listed in {out}.failures.txt)")
+
+  app.run(run)
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["images", "out"])
-  app.run(main)
+  main()

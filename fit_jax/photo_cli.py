@@ -6,7 +6,7 @@
 Users give the same password to both; recover applies the inverse itself.
 Password sources (exactly one, else a prompt): --password, --password_env
 VAR, --password_file FILE; forms as fit_jax.passwords.parse. Modes: `crop`
-(aligned face crops, resized to 128, written at 128x128) and `wild` (every
+(aligned face crops, resized to --size (128), written at that size) and `wild` (every
 MTCNN face of a photo is cropped as the reference's LFW_CROP, transformed
 and pasted back with a feathered blend; the crop boxes, and nothing else,
 go to a `<output>.fit.json` sidecar so recovery uses the same boxes).
@@ -41,6 +41,9 @@ _OUT = flags.DEFINE_string("out", None, "Output folder.")
 _MODE = flags.DEFINE_enum("mode", "crop", ["crop", "wild"], "Aligned crops or photos in the wild.")
 _FORMAT = flags.DEFINE_enum("format", "same", ["same", "png"], "Output format.")
 _BATCH = flags.DEFINE_integer("batch", 16, "Images per generator call (crop mode).")
+_SIZE = flags.DEFINE_integer(
+  "size", 128, "Side of the faces the model sees: its training data.image_size (128 in the paper)."
+)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace existing outputs (never inputs).")
 
 
@@ -176,7 +179,7 @@ def run(direction: str, inputs: list[str]) -> int:
         except ItemError as e:
           failures.append((path, str(e)))
           continue
-        pil = Image.fromarray(rgb).resize((128, 128), Image.BICUBIC)
+        pil = Image.fromarray(rgb).resize((_SIZE.value, _SIZE.value), Image.BICUBIC)
         images.append(np.asarray(pil, np.float32) / 127.5 - 1.0)
         chunk.append((path, target))
       if images:
@@ -201,7 +204,7 @@ def run(direction: str, inputs: list[str]) -> int:
           crops, small = detector(rgb)
         if not crops:
           raise ItemError("no face found" + (f" ({small} too small)" if small else ""))
-        transformed = transform(np.stack([faces.extract(rgb, c) for c in crops]), bits)
+        transformed = transform(np.stack([faces.extract(rgb, c, _SIZE.value) for c in crops]), bits)
         result = rgb
         for crop, face in zip(crops, transformed):
           result = faces.paste(result, crop, face)
