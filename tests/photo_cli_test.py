@@ -169,3 +169,47 @@ def test_no_password_or_original_pixels_are_written(checkpoint, tmp_path):
   # The anonymized output's decoded pixels are not the original's either.
   assert np.abs(np.asarray(Image.open(out / "face.png"), np.int16)[:128, :128]
                 - np.asarray(Image.fromarray(original).resize((128, 128)), np.int16)).mean() > 2
+
+
+def test_recovery_through_files_is_the_models_recovery(checkpoint, tmp_path):
+  """anonymize -> file -> recover gives G(G(x, z), -z) up to 8-bit rounding
+  (PNG), and a JPEG round trip stays close; a wrong password differs.
+
+  A 3-step tiny generator's output barely leaves 0, below 8-bit resolution,
+  so its output layer is scaled up (saved as a converted checkpoint) to give
+  images whose every difference survives the files."""
+  from fit_jax import pretrained
+
+  _, tree = pretrained.restore_checkpoint(str(checkpoint))
+  params = dict(tree["gen"]["params"]["generator"])
+  params["conv_out"] = {k: v * 40.0 for k, v in params["conv_out"].items()}
+  vivid = tmp_path / "vivid"
+  pretrained.save_variables(str(vivid), {"generator": {
+    "params": params, "batch_stats": tree["gen"]["batch_stats"]["generator"]}})
+  checkpoint = vivid
+  model, variables, deterministic = inference.load_generator(str(checkpoint))
+  t = inference.Transformer(model, variables, deterministic)
+  x = np.asarray(Image.open(PHOTO).convert("RGB").resize((128, 128), Image.BICUBIC), np.float32)
+  bits = passwords.parse(PASSWORD, 16)
+  anonymized = t.anonymize(x[None] / 127.5 - 1.0, bits)
+  expected = t.recover(anonymized, bits)[0]
+  assert anonymized.std() > 0.1 and expected.std() > 0.1
+  inputs = tmp_path / "in"
+  inputs.mkdir()
+  shutil.copy(PHOTO, inputs / "face.jpg")
+  got = {}
+  for fmt in ("png", "same"):
+    anon = _cli("anonymize", f"--checkpoint={checkpoint}", f"--password={PASSWORD}",
+                f"--format={fmt}", f"--out={tmp_path / ('a' + fmt)}", str(inputs))
+    rec = _cli("recover", f"--checkpoint={checkpoint}", f"--password={PASSWORD}",
+               f"--out={tmp_path / ('r' + fmt)}", str(tmp_path / ("a" + fmt)))
+    assert anon.returncode == rec.returncode == 0, anon.stderr[-500:] + rec.stderr[-500:]
+    name = "face.png" if fmt == "png" else "face.jpg"
+    got[fmt] = np.asarray(Image.open(tmp_path / ("r" + fmt) / name), np.float32) / 127.5 - 1.0
+  assert np.abs(got["png"] - expected).mean() < 2.5 / 127.5  # two 8-bit roundings
+  assert np.abs(got["same"] - expected).mean() < 0.05  # two JPEG encodings
+  wrong = _cli("recover", f"--checkpoint={checkpoint}", "--password=0xbeef",
+               f"--out={tmp_path / 'w'}", str(tmp_path / "apng"))
+  assert wrong.returncode == 0
+  w = np.asarray(Image.open(tmp_path / "w" / "face.png"), np.float32) / 127.5 - 1.0
+  assert np.abs(w - got["png"]).mean() > 1e-3
