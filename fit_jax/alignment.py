@@ -53,7 +53,7 @@ def similarity_theta(
     source_size: side of the landmark frame; normalised as the original,
       s / (size / 2) - 1 (a sub-pixel off align_corners, kept for fidelity).
     template: [5, 2] (x, y) target points in crop pixels (SphereFace's by
-      default; the evaluation recognizers pass their own).
+      default; FaceNet's in recognizer_crops).
     crop_size: (height, width) of the crop the template lives in.
 
   Returns:

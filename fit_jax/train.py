@@ -180,8 +180,9 @@ def generator_step(
     q_ce = {k: losses.password_cross_entropy(*v) for k, v in q_pairs.items()}
     q_loss = lc.lambda_dis * sum(q_ce.values())
 
-    # SphereFace has no batch statistics, so the five recognitions are one
-    # call on the concatenated crops: the same maths, one larger kernel.
+    # The recognizer (SphereFace, or FaceNet with its BatchNorm folded) has no
+    # batch statistics, so the five recognitions are one call on the
+    # concatenated crops: the same maths, one larger kernel.
     crops = alignment.recognizer_crops(
       jnp.concatenate([anon, recon, wrong, anon2, wrong2]),
       jnp.tile(batch["landmarks"], (5, 1, 1)), config.data.landmark_frame,
