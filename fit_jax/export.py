@@ -1,6 +1,6 @@
 """Export the generator as a TF SavedModel for deployment.
 
-  python -m fit_jax.export --checkpoint CKPT --out DIR
+  python -m fit_jax.export --checkpoint CKPT --out DIR [--tflite FILE] [--size 128]
 
 Signatures (any batch size b, N = the checkpoint's password length):
   anonymize(images: float32 [b, 128, 128, 3] in [-1, 1],
@@ -10,6 +10,8 @@ Signatures (any batch size b, N = the checkpoint's password length):
 BatchNorm running statistics are folded into the convolutions first
 (fit_jax.inference), so every image's output is independent of its batch.
 The model holds weights only: no password or image is ever part of it.
+--tflite also writes a TFLite flatbuffer for edge cameras with the same two
+signatures, built from TFLite builtin ops only (no Flex delegate needed).
 Imports TensorFlow (the `export` extra).
 """
 
@@ -21,6 +23,8 @@ from fit_jax import inference
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Training workdir, checkpoint or converted dir.")
 _OUT = flags.DEFINE_string("out", None, "SavedModel directory to create.")
+_TFLITE = flags.DEFINE_string("tflite", None, "Also write a TFLite model to this file.")
+_SIZE = flags.DEFINE_integer("size", 128, "Image side: the model's training data.image_size.")
 
 
 def export_saved_model(checkpoint: str, out_dir: str, image_size: int = 128) -> None:
@@ -63,13 +67,38 @@ def export_saved_model(checkpoint: str, out_dir: str, image_size: int = 128) -> 
   os.replace(tmp, out_dir)
 
 
+def export_tflite(saved_model_dir: str, path: str) -> None:
+  """The SavedModel's two signatures as a builtin-ops TFLite model (atomic)."""
+  import tensorflow as tf  # noqa: PLC0415
+
+  from fit_jax import atomic  # noqa: PLC0415
+
+  if os.path.exists(path):
+    raise FileExistsError(f"{path} exists; choose a new --tflite file")
+  converter = tf.lite.TFLiteConverter.from_saved_model(
+    saved_model_dir, signature_keys=["anonymize", "recover"])
+  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+  flatbuffer = converter.convert()
+
+  def save(tmp):
+    with open(tmp, "wb") as f:
+      f.write(flatbuffer)
+
+  atomic.write_atomically(path, save)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   if not _CHECKPOINT.value or not _OUT.value:
     raise app.UsageError("--checkpoint and --out are required")
-  export_saved_model(_CHECKPOINT.value, _OUT.value)
+  if _TFLITE.value and os.path.exists(_TFLITE.value):
+    raise app.UsageError(f"--tflite {_TFLITE.value} exists; choose a new file")
+  export_saved_model(_CHECKPOINT.value, _OUT.value, image_size=_SIZE.value)
   print(f"wrote SavedModel with signatures anonymize, recover to {os.path.abspath(_OUT.value)}")
+  if _TFLITE.value:
+    export_tflite(_OUT.value, _TFLITE.value)
+    print(f"wrote TFLite model with signatures anonymize, recover to {os.path.abspath(_TFLITE.value)}")
 
 
 if __name__ == "__main__":

@@ -126,9 +126,11 @@ def test_wild_mode_pastes_faces_back_and_recovery_reuses_the_boxes(checkpoint, t
 
 def test_saved_model_export_reloads_with_parity(checkpoint, tmp_path):
   tf = pytest.importorskip("tensorflow")
-  done = _cli("export", f"--checkpoint={checkpoint}", f"--out={tmp_path / 'sm'}")
+  done = _cli("export", f"--checkpoint={checkpoint}", f"--out={tmp_path / 'sm'}",
+              f"--tflite={tmp_path / 'fit.tflite'}")
   assert done.returncode == 0, done.stderr[-2000:]
   loaded = tf.saved_model.load(str(tmp_path / "sm"))
+  lite = tf.lite.Interpreter(model_path=str(tmp_path / "fit.tflite"))
   model, variables, deterministic = inference.load_generator(str(checkpoint))
   t = inference.Transformer(model, variables, deterministic)
   rng = np.random.default_rng(1)
@@ -137,6 +139,10 @@ def test_saved_model_export_reloads_with_parity(checkpoint, tmp_path):
     bits = rng.integers(0, 2, (b, 16)).astype(np.float32)
     np.testing.assert_allclose(loaded.anonymize(images, bits).numpy(), t.anonymize(images, bits), atol=1e-5)
     np.testing.assert_allclose(loaded.recover(images, bits).numpy(), t.recover(images, bits), atol=1e-5)
+    for name, reference in (("anonymize", t.anonymize), ("recover", t.recover)):
+      runner = lite.get_signature_runner(name)  # resizes its inputs to this batch
+      out = runner(images=images, password_bits=bits)["output_0"]
+      np.testing.assert_allclose(out, reference(images, bits), atol=1e-5)
 
 
 def test_no_password_or_original_pixels_are_written(checkpoint, tmp_path):
@@ -153,7 +159,8 @@ def test_no_password_or_original_pixels_are_written(checkpoint, tmp_path):
          "--format=png", str(inputs), env={"PW": phrase}),
     _cli("recover", f"--checkpoint={checkpoint}", "--password_env=PW", f"--out={tmp_path / 'rec'}",
          str(out), env={"PW": phrase}),
-    _cli("export", f"--checkpoint={checkpoint}", f"--out={tmp_path / 'sm'}"),
+    _cli("export", f"--checkpoint={checkpoint}", f"--out={tmp_path / 'sm'}",
+         f"--tflite={tmp_path / 'edge.tflite'}"),
   ]
   assert all(r.returncode == 0 for r in runs), [r.stderr[-500:] for r in runs]
   original = np.asarray(Image.open(PHOTO).convert("RGB"))
