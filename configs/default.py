@@ -63,6 +63,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.generator.num_downsampling = 2
   # Residual blocks at the lowest resolution.
   config.model.generator.num_blocks = 9
+  # Upsampling layers: resize_conv (the reference's nearest x2 + reflect pad +
+  # 3x3 conv) or subpixel (the same function and parameters as four 2x2
+  # convolutions on the low-resolution map: 2.25x fewer FLOPs there).
+  config.model.generator.upsample = "resize_conv"
   config.model.discriminator = ml_collections.ConfigDict()
   # Filters of the first PatchGAN layer (ndf) and its stride-2 layers.
   config.model.discriminator.ndf = 64

@@ -44,7 +44,7 @@ def build_models(model_config) -> Models:
     generator=Generator(
       password_bits=model_config.password_bits, ngf=g.ngf,
       num_downsampling=g.num_downsampling, num_blocks=g.num_blocks,
-      dtype=dtype, **norm,
+      upsample=g.get("upsample", "resize_conv"), dtype=dtype, **norm,
     ),
     discriminator=MultiScaleDiscriminator(
       ndf=d.ndf, num_layers=d.num_layers, dtype=dtype, **norm

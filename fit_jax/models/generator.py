@@ -53,6 +53,10 @@ class Generator(nn.Module):
     num_blocks: residual blocks at the lowest resolution.
     norm: `batch_stats` (reference), `batch` or `instance`; see layers.Norm.
     norm_group_size: images per batch-statistics group (0: whole batch).
+    upsample: `resize_conv` (the reference's order: nearest x2, reflect pad,
+      3x3 conv) or `subpixel` (the same function and parameters computed as
+      four 2x2 convolutions on the low-resolution map, 2.25x fewer FLOPs in
+      these layers; see _subpixel_resize_conv).
   """
 
   password_bits: int = 16
@@ -61,6 +65,7 @@ class Generator(nn.Module):
   num_blocks: int = 9
   norm: str = "batch_stats"
   norm_group_size: int = 0
+  upsample: str = "resize_conv"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -135,14 +140,17 @@ class Generator(nn.Module):
       features //= 2
       # Resize-convolution (`use_resize_conv: True`): nearest x2, then a 3x3
       # convolution that, unlike the others, keeps its bias.
-      b, h, w, c = x.shape
-      x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
-      x = x.reshape(b, 2 * h, 2 * w, c)
-      x = nn.Conv(
+      conv = nn.Conv(
         features, (3, 3), padding="VALID", use_bias=True,
         kernel_init=layers.conv_init, dtype=self.dtype,
         param_dtype=self.param_dtype, name=f"up_{i}",
-      )(layers.reflect_pad(x, 1))
+      )
+      if self.upsample == "subpixel":
+        x = _subpixel_resize_conv(conv, x, self.dtype)
+      else:
+        b, h, w, c = x.shape
+        x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
+        x = conv(layers.reflect_pad(x.reshape(b, 2 * h, 2 * w, c), 1))
       x = nn.relu(self._norm(f"up_norm_{i}")(x, train, stat_groups))
 
     x = nn.Conv(
@@ -151,3 +159,39 @@ class Generator(nn.Module):
     )(layers.reflect_pad(x, 3))
     # No global skip connection: the output is the tanh itself.
     return jnp.tanh(x.astype(jnp.float32))
+
+
+def _subpixel_resize_conv(conv: nn.Conv, x: jax.Array, dtype) -> jax.Array:
+  """conv(reflect_pad(nearest_x2(x), 1)) without building the x2 map.
+
+  With U = nearest_x2(x), reflect padding U by one repeats its edge pixel,
+  which is nearest_x2 of x padded by edge replication. Output pixel
+  (2i + a, 2j + b) then reads only rows i + a, i + a + 1 and columns
+  j + b, j + b + 1 of that padded x, through a 2x2 kernel whose taps are
+  sums of the 3x3 kernel's: for phase 0 the taps are (K0, K1 + K2), for
+  phase 1 (K0 + K1, K2), per axis. Four 2x2 convolutions (16 MACs per input
+  channel and low-resolution pixel, against 36) and an interleave give the
+  same result to rounding.
+  """
+  b, h, w, c = x.shape
+  # Create (or fetch) the conv's parameters through the module itself.
+  conv(jnp.zeros((1, 3, 3, c), x.dtype))
+  kernel = conv.variables["params"]["kernel"].astype(dtype)
+  bias = conv.variables["params"]["bias"].astype(dtype)
+  taps = (
+    lambda k: jnp.stack([k[0], k[1] + k[2]]),  # phase 0
+    lambda k: jnp.stack([k[0] + k[1], k[2]]),  # phase 1
+  )
+  padded = jnp.pad(x.astype(dtype), ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+  rows = []
+  for a in (0, 1):
+    k_rows = taps[a](kernel)  # [2, 3, Cin, Cout]
+    cols = []
+    for b_ in (0, 1):
+      k = jnp.moveaxis(taps[b_](jnp.moveaxis(k_rows, 1, 0)), 0, 1)  # [2, 2, Cin, Cout]
+      window = padded[:, a:a + h + 1, b_:b_ + w + 1]
+      cols.append(jax.lax.conv_general_dilated(
+        window, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    rows.append(jnp.stack(cols, axis=3))  # [B, H, W, 2(b), Cout]
+  out = jnp.stack(rows, axis=2)  # [B, H, 2(a), W, 2(b), Cout]
+  return out.reshape(b, 2 * h, 2 * w, -1) + bias
