@@ -35,7 +35,8 @@ def get_config() -> ml_collections.ConfigDict:
   # left out of a folder source, so an evaluation on those pairs sees unseen
   # people; empty keeps everyone.
   config.data.exclude_pairs = ""
-  # Input workers (grain); 0 reads in the main process.
+  # Threads building training batches ahead of the device (grain; see
+  # fit_jax/batch_loader.py); 0 builds each batch in the training loop.
   config.data.num_workers = 8
 
   # ----------------------------------------------------------------- model

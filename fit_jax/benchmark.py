@@ -10,6 +10,11 @@ images/s, seconds per call, compile seconds, XLA-estimated FLOPs, achieved
 TFLOP/s and peak device memory where the backend reports it. Inputs are
 random, never zeros. Imports nothing from TensorFlow.
 
+`--modes input` measures the host side instead: training batches of the
+configured source (config.data) through batch_loader, for each of
+`--input_workers`, so one can check that the host feeds the device faster
+than the training iteration consumes (images/s above train_iteration's).
+
 A standalone command like main.py, so it parses its own flags.
 """
 
@@ -22,7 +27,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from fit_jax import inference, train, train_state
+from fit_jax import batch_loader, inference, input_pipeline, train, train_state
 from fit_jax import models as models_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -32,12 +37,16 @@ _TRAIN_BATCH = flags.DEFINE_string("train_batch", "48", "Comma-separated trainin
 _INFER_BATCH = flags.DEFINE_string("infer_batch", "256", "Comma-separated inference batches.")
 _DTYPES = flags.DEFINE_string("dtypes", "float32,bfloat16", "Compute dtypes.")
 _ITERS = flags.DEFINE_integer("iters", 10, "Timed calls after warm-up.")
-_MODES = flags.DEFINE_string("modes", "train,infer", "What to measure.")
+_MODES = flags.DEFINE_string("modes", "train,infer", "What to measure: train, infer, input.")
 _TRAIN_VARIANTS = flags.DEFINE_string(
   "train_variants", "fused", "fused (config.train.fuse_calls) and/or unfused."
 )
 _INFER_VARIANTS = flags.DEFINE_string(
   "infer_variants", "folded", "folded (BN folded into convs) and/or running."
+)
+_INPUT_WORKERS = flags.DEFINE_string(
+  "input_workers", "", "Comma-separated batch_loader thread counts for --modes input; "
+  "empty: config.data.num_workers."
 )
 
 
@@ -148,9 +157,32 @@ def bench_infer(config, batch_size: int, iters: int, variant: str = "folded") ->
   }
 
 
+def bench_input(config, batch_size: int, iters: int, num_workers: int) -> dict:
+  """Host images/s of the configured source through batch_loader."""
+  source = input_pipeline.build_source(config)
+  batches = iter(batch_loader.TrainBatches(source, 0, iters + 1, batch_size,
+                                           num_workers=num_workers))
+  t0 = time.perf_counter()
+  next(batches)  # the first batch pays for starting the workers
+  first_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  count = sum(1 for _ in batches)
+  seconds = (time.perf_counter() - t0) / count
+  return {
+    "mode": "input", "source": config.data.source, "image_size": config.data.image_size,
+    "num_workers": num_workers, "batch": batch_size, "images_per_s": batch_size / seconds,
+    "seconds": seconds, "first_batch_s": first_s,
+  }
+
+
 def main(argv):
   del argv
   base = _CONFIG.value
+  if "input" in _MODES.value:
+    workers = _INPUT_WORKERS.value or str(base.data.num_workers)
+    for n in workers.split(","):
+      for batch in _TRAIN_BATCH.value.split(","):
+        print(json.dumps(bench_input(base, int(batch), _ITERS.value, int(n))), flush=True)
   for dtype in _DTYPES.value.split(","):
     config = base.copy_and_resolve_references()
     config.model.dtype = dtype

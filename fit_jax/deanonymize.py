@@ -22,11 +22,12 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fit_jax import atomic, baselines, input_pipeline, losses
+from fit_jax import atomic, baselines, batch_loader, input_pipeline, losses
 from fit_jax import models as models_lib
 from fit_jax.train import _apply
 
@@ -85,6 +86,24 @@ def train_step(state, anonymized, original, *, models, tx, config):
   return new_state, metrics
 
 
+class _Anonymized:
+  """A source whose batches also hold the baseline's anonymization
+  ("anonymized", [-1, 1]), so batch_loader's workers build both."""
+
+  def __init__(self, source, config):
+    self.source = source
+    self.baseline = config.deanonymize.baseline
+    self.scale = config.data.image_size / config.data.landmark_frame
+
+  def batch(self, step: int, batch_size: int, shard=(0, 1)) -> dict[str, np.ndarray]:
+    batch = self.source.batch(step, batch_size, shard=shard)
+    original = (batch["image"] + 1.0) / 2.0
+    anonymized = baselines.apply(
+      self.baseline, original, batch["landmarks"] * self.scale, seed=step
+    )
+    return {**batch, "anonymized": (anonymized * 2.0 - 1.0).astype(np.float32)}
+
+
 def train(config, workdir: str) -> str:
   """Trains the deanonymizer of config.deanonymize.baseline; returns its path."""
   baseline = config.deanonymize.baseline
@@ -99,17 +118,14 @@ def train(config, workdir: str) -> str:
   state, tx = init(config, models, jax.random.key(config.seed))
   step_fn = jax.jit(functools.partial(train_step, models=models, tx=tx, config=config),
                     donate_argnums=0)
-  frame = config.data.landmark_frame
-  size = config.data.image_size
   log = []
   start = time.time()
-  for step in range(config.train.num_steps):
-    batch = source.batch(step, config.train.batch_size)
-    original = (batch["image"] + 1.0) / 2.0
-    points = batch["landmarks"] * (size / frame)
-    anonymized = baselines.apply(baseline, original, points, seed=step)
-    state, metrics = step_fn(state, jnp.asarray(anonymized * 2.0 - 1.0),
-                             jnp.asarray(batch["image"]))
+  batches = batch_loader.TrainBatches(
+    _Anonymized(source, config), 0, config.train.num_steps, config.train.batch_size,
+    num_workers=config.data.num_workers,
+  )
+  for step, batch in batches:
+    state, metrics = step_fn(state, jnp.asarray(batch["anonymized"]), jnp.asarray(batch["image"]))
     if (step + 1) % config.train.log_every == 0 or step + 1 == config.train.num_steps:
       record = {"step": step + 1, **{k: float(v) for k, v in metrics.items()},
                 "steps_per_s": (step + 1) / (time.time() - start)}

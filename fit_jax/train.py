@@ -28,6 +28,7 @@ from PIL import Image
 from fit_jax import (
   alignment,
   atomic,
+  batch_loader,
   input_pipeline,
   losses,
   passwords,
@@ -552,8 +553,10 @@ def train_and_evaluate(config, workdir: str) -> ts.FitState:
   window: list[dict[str, jax.Array]] = []
   first = int(state.step)
   start = time.time()
-  for step in range(first, num_steps):
-    batch = data.batch(step, config.train.batch_size, shard=shard)
+  batches = batch_loader.TrainBatches(
+    data, first, num_steps, config.train.batch_size, shard, config.data.num_workers
+  )
+  for step, batch in batches:
     state, metrics = steps(state, batch, step_key)
     window.append(metrics)
     done = step + 1

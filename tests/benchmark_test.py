@@ -1,0 +1,30 @@
+"""The benchmark CLI runs every mode and prints one parseable JSON line each."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_prints_json_for_train_inference_and_input():
+  command = [
+    sys.executable, "-m", "fit_jax.benchmark", "--config", "configs/tiny.py",
+    "--modes", "train,infer,input", "--dtypes", "bfloat16", "--train_batch", "8",
+    "--infer_batch", "4", "--iters", "2", "--input_workers", "0,2",
+    "--infer_variants", "folded,running",
+  ]
+  done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-2000:]
+  results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+  by_mode = {}
+  for r in results:
+    by_mode.setdefault(r["mode"], []).append(r)
+  assert [r["num_workers"] for r in by_mode["input"]] == [0, 2]
+  assert all(r["source"] == "synthetic" and r["images_per_s"] > 0 for r in by_mode["input"])
+  (train,) = by_mode["train_iteration"]
+  assert train["finite_loss"] and train["dtype"] == "bfloat16" and train["batch"] == 8
+  assert train["gflop_per_iter"] > 0 and train["images_per_s"] > 0
+  assert [r["variant"] for r in by_mode["generator_inference"]] == ["folded", "running"]
+  assert all(r["finite_output"] for r in by_mode["generator_inference"])
