@@ -158,4 +158,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.fuse_calls = True
   # Images in the sample grids written at each eval.
   config.train.num_samples = 8
+  # Persistent XLA compilation cache of the training job (main.py): a resumed
+  # or repeated run loads the compiled steps instead of compiling them again
+  # (99 s on an H200 for the paper-size bf16 steps). Holds compiled programs
+  # only, never data. Empty: off, or the JAX_COMPILATION_CACHE_DIR variable.
+  config.train.compilation_cache = "~/.cache/fit_jax/xla"
   return config

@@ -25,6 +25,10 @@ def main(argv):
 
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
+  cache = _CONFIG.value.train.get("compilation_cache", "")
+  if cache and not jax.config.jax_compilation_cache_dir:
+    # An explicit JAX_COMPILATION_CACHE_DIR wins over the config's default.
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache))
   from fit_jax import train  # noqa: PLC0415
 
   workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
