@@ -76,25 +76,55 @@ def sample_bits(key: jax.Array, batch: int, num_bits: int) -> jax.Array:
   return jax.random.bernoulli(key, 0.5, (batch, num_bits)).astype(jnp.uint8)
 
 
+def _bits_to_codes(bits: jax.Array) -> jax.Array:
+  """Bits [B, N] (MSB first, N <= 30) -> int32 codes [B]."""
+  n = bits.shape[-1]
+  weights = jnp.left_shift(1, jnp.arange(n - 1, -1, -1, dtype=jnp.int32))
+  return jnp.sum(bits.astype(jnp.int32) * weights, axis=-1)
+
+
+def _codes_to_bits(codes: jax.Array, num_bits: int) -> jax.Array:
+  shifts = jnp.arange(num_bits - 1, -1, -1, dtype=jnp.int32)
+  return (jnp.right_shift(codes[:, None], shifts) & 1).astype(jnp.uint8)
+
+
 def sample_bits_excluding(
   key: jax.Array, forbidden: list[jax.Array], max_rounds: int = 64
 ) -> jax.Array:
   """Per sample, a uniform password among those not in `forbidden`.
 
-  Rejection sampling per sample: only the samples that hit a forbidden code
-  are redrawn, so each sample is exactly uniform over the allowed codes and
-  independent of the rest of the batch. A round rejects with probability
-  at most len(forbidden)/2^N, so `max_rounds` is never reached for N >= 4
-  in practice (its probability is below (3/16)^64).
+  Each sample is uniform over the allowed codes and independent of the rest
+  of the batch. For N <= 28 (the reference's 16 included) it is drawn
+  directly, with no loop: u uniform in [0, 2^N - k) for the sample's k
+  distinct forbidden codes, then stepped past each forbidden code in
+  increasing order, a bijection onto the allowed codes. A data-dependent
+  loop would make the device wait for the host inside the training step.
+  Longer passwords are redrawn per colliding sample (rejection), which a
+  round needs with probability below len(forbidden)/2^N, so `max_rounds`
+  is never reached in practice.
 
   Args:
     key: PRNG key.
-    forbidden: arrays [B, N] of codes each sample must avoid.
-    max_rounds: bound of the rejection loop.
+    forbidden: arrays [B, N] of codes (bits) each sample must avoid.
+    max_rounds: bound of the rejection loop (N > 28 only).
 
   Returns:
     [B, N] uint8 bits.
   """
+  batch, num_bits = forbidden[0].shape
+  if num_bits > 28:
+    return _sample_bits_excluding_by_rejection(key, forbidden, max_rounds)
+  codes = jnp.sort(jnp.stack([_bits_to_codes(f) for f in forbidden], axis=-1), axis=-1)
+  first = jnp.ones((batch, 1), bool)
+  distinct = jnp.concatenate([first, codes[:, 1:] != codes[:, :-1]], axis=-1)
+  allowed = 2**num_bits - jnp.sum(distinct, axis=-1, dtype=jnp.int32)
+  u = jax.random.randint(key, (batch,), 0, allowed, dtype=jnp.int32)
+  for j in range(codes.shape[-1]):
+    u = u + jnp.logical_and(distinct[:, j], u >= codes[:, j]).astype(jnp.int32)
+  return _codes_to_bits(u, num_bits)
+
+
+def _sample_bits_excluding_by_rejection(key, forbidden, max_rounds):
   batch, num_bits = forbidden[0].shape
 
   def collides(bits):

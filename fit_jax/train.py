@@ -249,6 +249,16 @@ def generator_step(
 # ------------------------------------------------------- discriminator step
 
 
+def pool_draws(key: jax.Array, n: int, size: int) -> tuple[jax.Array, jax.Array]:
+  """Per queried image: (swap with probability 1/2, a uniform stored slot)."""
+
+  def draw(k):
+    k_swap, k_idx = jax.random.split(k)
+    return jax.random.uniform(k_swap) > 0.5, jax.random.randint(k_idx, (), 0, size)
+
+  return jax.vmap(draw)(jax.random.split(key, n))
+
+
 def query_pool(pool, images: jax.Array, key: jax.Array, num_out: int):
   """CycleGAN ImagePool.query, then num_out of the results kept in order.
 
@@ -258,6 +268,12 @@ def query_pool(pool, images: jax.Array, key: jax.Array, num_out: int):
   image is returned. Then `num_out` of the returned images are chosen
   without replacement, keeping their order (the original's subsampling of
   the 2B queried M and WR images to B).
+
+  The sequential rule is computed for all images at once (no loop, which on
+  a GPU would run one tiny iteration per image): an image that swaps
+  returns the last earlier image written to its slot, else the slot's
+  content before the query; each slot ends holding the last image written
+  to it. tests/train_test.py checks this against the image-by-image rule.
 
   Args:
     pool: {'images': [S, H, W, 3], 'count': int32}.
@@ -269,29 +285,30 @@ def query_pool(pool, images: jax.Array, key: jax.Array, num_out: int):
     (new pool, [num_out, H, W, 3]).
   """
   size = pool["images"].shape[0]
-  k_scan, k_pick = jax.random.split(key)
+  k_draws, k_pick = jax.random.split(key)
   n = images.shape[0]
   if size > 0:
-    def body(carry, inputs):
-      stored, count = carry
-      image, k = inputs
-      k_swap, k_idx = jax.random.split(k)
-      not_full = count < size
-      swap = jax.random.uniform(k_swap) > 0.5
-      idx = jax.random.randint(k_idx, (), 0, size)
-      previous = stored[idx]
-      returned = jnp.where(not_full, image, jnp.where(swap, previous, image))
-      slot = jnp.where(not_full, count, idx)
-      write = jnp.logical_or(not_full, swap)
-      stored = stored.at[slot].set(jnp.where(write, image, stored[slot]))
-      return (stored, count + not_full.astype(jnp.int32)), returned
-
-    (stored, count), returned = jax.lax.scan(
-      body,
-      (pool["images"], pool["count"]),
-      (images.astype(pool["images"].dtype), jax.random.split(k_scan, n)),
-    )
-    pool = {"images": stored, "count": count}
+    stored, count = pool["images"], pool["count"]
+    queried = images.astype(stored.dtype)
+    swap, idx = pool_draws(k_draws, n, size)
+    order = jnp.arange(n)
+    filling = count + order < size
+    slot = jnp.where(filling, count + order, idx)
+    written = jnp.logical_or(filling, swap)
+    # same[i, j]: image j (earlier or not) writes the slot image i reads.
+    same = written[None, :] & (slot[None, :] == slot[:, None])
+    earlier = same & (order[None, :] < order[:, None])
+    last = jnp.max(jnp.where(earlier, order[None, :], -1), axis=1)
+    before = jnp.where((last >= 0)[:, None, None, None],
+                       queried[jnp.maximum(last, 0)], stored[slot])
+    returned = jnp.where((filling | ~swap)[:, None, None, None], queried, before)
+    slots = jnp.arange(size)
+    writes = written[None, :] & (slot[None, :] == slots[:, None])
+    final = jnp.max(jnp.where(writes, order[None, :], -1), axis=1)
+    stored = jnp.where((final >= 0)[:, None, None, None],
+                       queried[jnp.maximum(final, 0)], stored)
+    pool = {"images": stored,
+            "count": jnp.minimum(count + n, size).astype(pool["count"].dtype)}
   else:
     returned = images
   if num_out < n:

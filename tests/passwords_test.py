@@ -68,16 +68,42 @@ def test_wrong_passwords_exactly_uniform_per_sample():
 
 
 def test_per_sample_not_batch_redraw():
-  # A sample that does not collide keeps its first draw whatever the others
-  # do: its value must not depend on a colliding neighbour.
+  # A sample's draw depends on its own forbidden codes only: forbidding its
+  # neighbour's draw moves the neighbour and leaves it alone.
   key = jax.random.PRNGKey(7)
-  first = passwords.sample_bits(jax.random.split(key)[1], 2, 16)
-  forbid_none = jnp.full((2, 16), 2, jnp.uint8)  # matches no bit vector
-  forbid_first = forbid_none.at[0].set(first[0])
-  a = passwords.sample_bits_excluding(key, [forbid_none])
-  b = passwords.sample_bits_excluding(key, [forbid_first])
-  np.testing.assert_array_equal(a[1], b[1])
-  assert not np.array_equal(b[0], first[0])
+  forbid = jnp.zeros((2, 16), jnp.uint8)
+  a = passwords.sample_bits_excluding(key, [forbid])
+  moved = passwords.sample_bits_excluding(key, [forbid.at[0].set(a[0])])
+  np.testing.assert_array_equal(a[1], moved[1])
+  assert not np.array_equal(moved[0], a[0])
+
+
+def test_two_forbidden_codes_including_duplicates():
+  # Every 4-bit code but the forbidden ones appears, forbidden ones never;
+  # a code forbidden twice counts once (15 allowed codes, not 14).
+  batch = 30000
+  f1 = jnp.tile(jnp.asarray(passwords.int_to_bits(5, 4)), (batch, 1))
+  f2 = jnp.tile(jnp.asarray(passwords.int_to_bits(11, 4)), (batch, 1))
+  two = np.asarray(passwords.digits(passwords.sample_bits_excluding(
+    jax.random.PRNGKey(1), [f2, f1])))[:, 0]
+  assert set(two.tolist()) == set(range(16)) - {5, 11}
+  same = np.asarray(passwords.digits(passwords.sample_bits_excluding(
+    jax.random.PRNGKey(1), [f1, f1])))[:, 0]
+  assert set(same.tolist()) == set(range(16)) - {5}
+
+
+def test_long_passwords_use_rejection_and_stay_distinct():
+  key = jax.random.PRNGKey(2)
+  pw = passwords.sample_training_passwords(key, 64, 32)
+  assert pw["wrong"].shape == (64, 32)
+  assert not np.all(np.asarray(pw["wrong"]) == np.asarray(pw["recover"]), axis=-1).any()
+
+
+def test_training_passwords_have_no_loop_on_gpu():
+  # A data-dependent loop makes the device wait for the host inside the step.
+  lowered = jax.jit(lambda k: passwords.sample_training_passwords(k, 48, 16)).trace(
+    jax.random.PRNGKey(0)).lower(lowering_platforms=("cuda",))
+  assert "stablehlo.while" not in lowered.as_text()
 
 
 def test_user_forms():
