@@ -10,6 +10,12 @@ images/s, seconds per call, compile seconds, XLA-estimated FLOPs, achieved
 TFLOP/s and peak device memory where the backend reports it. Inputs are
 random, never zeros. Imports nothing from TensorFlow.
 
+`--profile_dir DIR` also traces `--profile_calls` calls of each measurement
+with jax.profiler (the traces stay under DIR for TensorBoard or Perfetto)
+and prints a second JSON line, mode "profile", from profile_summary: device
+busy and wall time per call, time by op category, by model scope (forward
+and backward) and the slowest ops.
+
 `--modes input` measures the host side instead: training batches of the
 configured source (config.data) through batch_loader, for each of
 `--input_workers`, so one can check that the host feeds the device faster
@@ -19,6 +25,7 @@ A standalone command like main.py, so it parses its own flags.
 """
 
 import json
+import os
 import time
 
 import jax
@@ -27,7 +34,14 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from fit_jax import batch_loader, inference, input_pipeline, train, train_state
+from fit_jax import (
+  batch_loader,
+  inference,
+  input_pipeline,
+  profile_summary,
+  train,
+  train_state,
+)
 from fit_jax import models as models_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -44,6 +58,10 @@ _TRAIN_VARIANTS = flags.DEFINE_string(
 _INFER_VARIANTS = flags.DEFINE_string(
   "infer_variants", "folded", "folded (BN folded into convs) and/or running."
 )
+_PROFILE_DIR = flags.DEFINE_string(
+  "profile_dir", "", "If set, trace each measurement there and print a profile summary."
+)
+_PROFILE_CALLS = flags.DEFINE_integer("profile_calls", 2, "Calls traced per profile.")
 _INPUT_WORKERS = flags.DEFINE_string(
   "input_workers", "", "Comma-separated batch_loader thread counts for --modes input; "
   "empty: config.data.num_workers."
@@ -78,6 +96,18 @@ def _peak_memory() -> int | None:
   return stats.get("peak_bytes_in_use")
 
 
+def _profile(name: str, run, hlo_texts: list[str]) -> dict | None:
+  """Traces `--profile_calls` calls of run() and summarises them."""
+  if not _PROFILE_DIR.value:
+    return None
+  trace_dir = os.path.join(_PROFILE_DIR.value, name)
+  with jax.profiler.trace(trace_dir):
+    for _ in range(_PROFILE_CALLS.value):
+      jax.block_until_ready(run())
+  summary = profile_summary.summarize(trace_dir, hlo_texts, _PROFILE_CALLS.value)
+  return {"mode": "profile", "of": name, "trace_dir": trace_dir, **summary}
+
+
 def bench_train(config, batch_size: int, iters: int, variant: str = "fused") -> dict:
   config = config.copy_and_resolve_references()
   config.train.batch_size = batch_size
@@ -110,11 +140,20 @@ def bench_train(config, batch_size: int, iters: int, variant: str = "fused") -> 
   jax.block_until_ready((state, metrics))
   seconds = (time.perf_counter() - t0) / iters
   loss = float(metrics["g/loss"])
+
+  def iteration():
+    nonlocal state
+    state, _ = steps(state, batch, key)
+    return state
+
+  profile = _profile(f"train_{config.model.dtype}_{variant}_b{batch_size}", iteration,
+                     [g_compiled.as_text(), d_compiled.as_text()])
   return {
     "mode": "train_iteration", "variant": variant, "batch": batch_size,
     "images_per_s": batch_size / seconds, "seconds": seconds,
     "compile_s": compile_s, "gflop_per_iter": flops / 1e9,
     "tflops_achieved": flops / seconds / 1e12, "finite_loss": bool(np.isfinite(loss)),
+    "profile": profile,
   }
 
 
@@ -148,7 +187,10 @@ def bench_infer(config, batch_size: int, iters: int, variant: str = "folded") ->
     out = compiled(variables, images, password)
   jax.block_until_ready(out)
   seconds = (time.perf_counter() - t0) / iters
+  profile = _profile(f"infer_{config.model.dtype}_{variant}_b{batch_size}",
+                     lambda: compiled(variables, images, password), [compiled.as_text()])
   return {
+    "profile": profile,
     "mode": "generator_inference", "variant": variant, "batch": batch_size,
     "images_per_s": batch_size / seconds, "seconds": seconds,
     "compile_s": compile_s, "gflop_per_call": flops / 1e9,
@@ -195,12 +237,15 @@ def main(argv):
                for v in _INFER_VARIANTS.value.split(",")]
     for fn, batch, variant in jobs:
       result = fn(config, batch, _ITERS.value, variant)
+      profile = result.pop("profile")
       result.update(
         dtype=dtype, device=jax.devices()[0].device_kind,
         num_devices=jax.device_count(), peak_memory_bytes=_peak_memory(),
         jax=jax.__version__,
       )
       print(json.dumps(result), flush=True)
+      if profile:
+        print(json.dumps(profile), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The benchmark CLI runs every mode and prints one parseable JSON line each."""
+"""The benchmark CLI runs every mode and prints one parseable JSON line each,
+plus a profile summary per measurement."""
 
 import json
 import pathlib
@@ -8,12 +9,12 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_benchmark_prints_json_for_train_inference_and_input():
+def test_benchmark_prints_json_for_train_inference_and_input(tmp_path):
   command = [
     sys.executable, "-m", "fit_jax.benchmark", "--config", "configs/tiny.py",
     "--modes", "train,infer,input", "--dtypes", "bfloat16", "--train_batch", "8",
     "--infer_batch", "4", "--iters", "2", "--input_workers", "0,2",
-    "--infer_variants", "folded,running",
+    "--infer_variants", "folded,running", "--profile_dir", str(tmp_path),
   ]
   done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-2000:]
@@ -28,3 +29,9 @@ def test_benchmark_prints_json_for_train_inference_and_input():
   assert train["gflop_per_iter"] > 0 and train["images_per_s"] > 0
   assert [r["variant"] for r in by_mode["generator_inference"]] == ["folded", "running"]
   assert all(r["finite_output"] for r in by_mode["generator_inference"])
+  profiles = {r["of"]: r for r in by_mode["profile"]}
+  assert sorted(profiles) == ["infer_bfloat16_folded_b4", "infer_bfloat16_running_b4",
+                              "train_bfloat16_fused_b8"]
+  for profile in profiles.values():
+    assert profile["by_category"]["convolution"] > 0 and profile["busy_ms"] > 0
+  assert any("Generator" in scope for scope in profiles["train_bfloat16_fused_b8"]["by_scope"])

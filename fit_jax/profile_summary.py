@@ -1,0 +1,211 @@
+"""Where the device time goes: a jax.profiler trace summarised as JSON.
+
+`summarize(trace_dir, hlo_texts, calls)` reads the newest `*.trace.json.gz`
+that `jax.profiler.trace(trace_dir)` wrote, takes the device's op events (GPU
+or TPU streams; on CPU, XLA's thunks on the host) and attributes each to the
+optimised-HLO instruction it ran, which `compiled.as_text()` describes. It
+reports, per profiled call:
+
+- busy_ms and wall_ms (first to last op): their gap is time the device
+  waited, for the host or for a sync;
+- by_category: convolution, matmul, reduction, elementwise, layout (copies
+  and transposes), collective, other, unattributed (events whose op the
+  HLO does not name, e.g. a library kernel without an `hlo_op` tag);
+- by_scope: the model scope of the op's `op_name` ("Generator/block_3"),
+  split into forward and backward (ops under a transpose(...) transform);
+- top_ops: the slowest instructions with their category and scope.
+
+No TensorFlow or TensorBoard is needed: only the trace's JSON. benchmark.py
+calls it for `--profile_dir`.
+"""
+
+import collections
+import dataclasses
+import glob
+import gzip
+import json
+import os
+import re
+
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*\S.*?\s([\w\-]+)\(")
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_CALLS = re.compile(r"calls=%?([\w.\-]+)")
+_TARGET = re.compile(r'custom_call_target="([^"]*)"')
+_COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+_LAYOUT = ("copy", "transpose", "copy-start", "copy-done", "bitcast")
+# Derived trace lines that repeat the kernels' time on a device.
+_DERIVED_LINES = re.compile(r"XLA Modules|XLA Ops|Steps|Framework|TensorFlow|Source|Launch")
+
+
+@dataclasses.dataclass(frozen=True)
+class HloOp:
+  category: str
+  scope: str
+  backward: bool
+
+
+def _category(opcode: str, body_opcodes: set[str], target: str, line: str) -> str:
+  everything = body_opcodes | {opcode}
+  if "conv" in target.lower() or "convolution" in everything:
+    return "convolution"
+  if "dot" in everything or any(t in target.lower() for t in ("gemm", "matmul", "cublas")):
+    return "matmul"
+  if any(c in everything for c in _COLLECTIVES):
+    return "collective"
+  if everything <= set(_LAYOUT) | {"parameter", "fusion", "tuple", "get-tuple-element"} and (
+      everything & set(_LAYOUT)):
+    return "layout"
+  if opcode == "fusion" and "kind=kInput" in line or "reduce" in everything:
+    return "reduction"
+  if opcode in ("fusion", "add", "multiply", "subtract", "divide", "maximum", "select",
+                "convert", "exponential", "rsqrt", "negate", "compare", "pad", "concatenate",
+                "slice", "dynamic-slice", "dynamic-update-slice", "broadcast", "gather",
+                "scatter", "reverse", "iota", "clamp", "minimum", "log", "sqrt", "tanh"):
+    return "elementwise"
+  return "other"
+
+
+def scope_of(op_name: str) -> tuple[str, bool]:
+  """'jit(f)/transpose(jvp(Generator))/block_3/conv_0/conv' -> ('Generator/block_3', True)."""
+  parts, backward = [], False
+  for part in op_name.split("/"):
+    if part.startswith("jit(") or not part:
+      continue
+    backward |= part.startswith("transpose(")
+    inner = re.sub(r"^(?:\w+\()+", "", part).rstrip(")")
+    if inner:
+      parts.append(inner)
+  # The last part is the primitive (conv_general_dilated, add, ...).
+  return "/".join(parts[:-1][:2]) or "(top level)", backward
+
+
+def module_name(text: str) -> str:
+  """The name of an HLO module ('HloModule jit_generator_step, ...')."""
+  match = re.match(r"\s*HloModule\s+([\w.\-]+)", text)
+  return match.group(1) if match else ""
+
+
+def parse_hlo(text: str) -> dict[str, HloOp]:
+  """Optimised HLO text -> {instruction name: HloOp} for every instruction."""
+  bodies: dict[str, set[str]] = collections.defaultdict(set)
+  body_op_names: dict[str, str] = {}
+  instructions = []
+  computation = ""
+  for line in text.splitlines():
+    match = _INSTRUCTION.match(line)
+    if match:
+      name, opcode = match.groups()
+      bodies[computation].add(opcode)
+      instructions.append((name, opcode, line))
+      op_name = _OP_NAME.search(line)
+      if op_name and "/" in op_name.group(1):
+        body_op_names.setdefault(computation, op_name.group(1))
+      continue
+    header = _COMPUTATION.match(line)
+    if header and "=" not in line.split("{")[0]:
+      computation = header.group(1)
+  ops = {}
+  for name, opcode, line in instructions:
+    called = _CALLS.search(line)
+    body = set(bodies.get(called.group(1), ())) if called else set()
+    target = _TARGET.search(line)
+    op_name = _OP_NAME.search(line)
+    # A fusion XLA made without metadata is named by what it computes.
+    full = op_name.group(1) if op_name else body_op_names.get(called.group(1) if called else "")
+    scope, backward = scope_of(full) if full else ("(unnamed)", False)
+    ops[name] = HloOp(_category(opcode, body, target.group(1) if target else "", line),
+                      scope, backward)
+  return ops
+
+
+def newest_trace(trace_dir: str) -> str:
+  paths = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
+  if not paths:
+    raise FileNotFoundError(f"{trace_dir}: no *.trace.json.gz (was jax.profiler.trace used?)")
+  return max(paths, key=os.path.getmtime)
+
+
+def op_events(trace: dict) -> list[dict]:
+  """The trace's device op events (ph 'X'), derived summary lines left out."""
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  processes, threads = {}, {}
+  for e in events:
+    if e.get("ph") == "M" and e.get("name") == "process_name":
+      processes[e["pid"]] = e["args"]["name"]
+    if e.get("ph") == "M" and e.get("name") == "thread_name":
+      threads[(e["pid"], e.get("tid"))] = e["args"]["name"]
+  devices = {pid for pid, name in processes.items() if "/device:" in name}
+  spans = [e for e in events if e.get("ph") == "X" and "dur" in e]
+  if devices:
+    on_device = [e for e in spans if e["pid"] in devices]
+    streams = [e for e in on_device if threads.get((e["pid"], e.get("tid")), "").startswith("Stream")]
+    if streams:
+      return streams
+    return [e for e in on_device
+            if not _DERIVED_LINES.search(threads.get((e["pid"], e.get("tid")), ""))]
+  return [e for e in spans
+          if "hlo_op" in e.get("args", {}) and not e["name"].startswith("end:")]
+
+
+def _busy(intervals: list[tuple[float, float]]) -> float:
+  total, end = 0.0, float("-inf")
+  for start, stop in sorted(intervals):
+    if stop > end:
+      total += stop - max(start, end)
+      end = stop
+  return total
+
+
+def summarize(trace_dir: str, hlo_texts: list[str], calls: int, top: int = 25) -> dict:
+  """Per-call summary of the newest trace in trace_dir (see the module doc)."""
+  # Instruction names repeat across modules (each step is one module).
+  modules = {module_name(text): parse_hlo(text) for text in hlo_texts}
+  anywhere: dict[str, tuple[str, HloOp]] = {}
+  for module, ops in modules.items():
+    for name, op in ops.items():
+      anywhere.setdefault(name, (module, op))
+      # Kernel names are instruction names with '.' made '_' when no tag says.
+      anywhere.setdefault(name.replace(".", "_").replace("-", "_"), (module, op))
+  with gzip.open(newest_trace(trace_dir)) as f:
+    events = op_events(json.load(f))
+  if not events:
+    raise ValueError(f"{trace_dir}: the trace holds no device op events")
+  per_op: dict[str, float] = collections.Counter()
+  categories: dict[str, float] = collections.Counter()
+  scopes: dict[str, dict[str, float]] = collections.defaultdict(collections.Counter)
+  info: dict[str, tuple[str, str]] = {}
+  for e in events:
+    args = e.get("args", {})
+    tag = str(args.get("hlo_op", "")).lstrip("%")
+    module = str(args.get("hlo_module", ""))
+    op = modules.get(module, {}).get(tag)
+    if op is None:
+      module, op = anywhere.get(tag or e["name"], (module, None))
+    name = f"{module}/{tag or e['name']}" if module else tag or e["name"]
+    ms = e["dur"] / 1e3
+    per_op[name] += ms
+    category = op.category if op else "unattributed"
+    categories[category] += ms
+    scope = op.scope if op else "(unattributed)"
+    scopes[scope]["backward" if op and op.backward else "forward"] += ms
+    info[name] = (category, scope)
+  first = min(e["ts"] for e in events)
+  last = max(e["ts"] + e["dur"] for e in events)
+  per_call = 1.0 / max(calls, 1)
+  round3 = lambda v: round(v * per_call, 3)  # noqa: E731
+  return {
+    "events": len(events),
+    "busy_ms": round3(_busy([(e["ts"], e["ts"] + e["dur"]) for e in events]) / 1e3),
+    "op_ms": round3(sum(per_op.values())),
+    "wall_ms": round3((last - first) / 1e3),
+    "by_category": {k: round3(v) for k, v in categories.most_common()},
+    "by_scope": {
+      k: {d: round3(v) for d, v in scopes[k].items()}
+      for k in sorted(scopes, key=lambda k: -sum(scopes[k].values()))[:top]
+    },
+    "top_ops": [
+      {"op": k, "category": info[k][0], "scope": info[k][1], "ms": round3(v)}
+      for k, v in per_op.most_common(top)
+    ],
+  }
