@@ -34,14 +34,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from fit_jax import (
-  batch_loader,
-  inference,
-  input_pipeline,
-  profile_summary,
-  train,
-  train_state,
-)
+from fit_jax import inference, profile_summary, train, train_state
 from fit_jax import models as models_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -201,6 +194,9 @@ def bench_infer(config, batch_size: int, iters: int, variant: str = "folded") ->
 
 def bench_input(config, batch_size: int, iters: int, num_workers: int) -> dict:
   """Host images/s of the configured source through batch_loader."""
+  # grain only here: the device measurements run where grain is not installed.
+  from fit_jax import batch_loader, input_pipeline  # noqa: PLC0415
+
   source = input_pipeline.build_source(config)
   batches = iter(batch_loader.TrainBatches(source, 0, iters + 1, batch_size,
                                            num_workers=num_workers))

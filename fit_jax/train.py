@@ -28,8 +28,6 @@ from PIL import Image
 from fit_jax import (
   alignment,
   atomic,
-  batch_loader,
-  input_pipeline,
   losses,
   passwords,
   pretrained,
@@ -528,8 +526,11 @@ def train_and_evaluate(config, workdir: str) -> ts.FitState:
   Writes TensorBoard scalars (averaged over each logging window) and sample
   grids (PNG files under workdir/samples too) and orbax checkpoints.
   """
-  # clu's writers import TensorFlow; the update steps above must not.
+  # clu's writers import TensorFlow and the input pipeline grain; the update
+  # steps above import neither (the GPU benchmark image has neither).
   from clu import metric_writers  # noqa: PLC0415
+
+  from fit_jax import batch_loader, input_pipeline  # noqa: PLC0415
 
   workdir = os.path.abspath(os.path.expanduser(workdir))
   data = input_pipeline.build_source(config)

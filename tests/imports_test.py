@@ -1,0 +1,36 @@
+"""The device path imports without TensorFlow, TFDS, clu or grain.
+
+Accelerator images often lack them (the project's GPU image does), and the
+model, update steps, inference and benchmark need none of them.
+"""
+
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+_BLOCK_AND_IMPORT = """
+import sys
+for name in ("tensorflow", "tensorflow_datasets", "clu", "grain"):
+  sys.modules[name] = None  # any import of them now raises ImportError
+import fit_jax.benchmark, fit_jax.inference, fit_jax.models, fit_jax.train
+import fit_jax.profile_summary, fit_jax.pretrained, fit_jax.train_state
+from configs import default
+from fit_jax import models, train_state
+import jax
+config = default.get_config()
+config.model.generator.ngf = 4
+config.model.generator.num_blocks = 1
+config.model.sphereface.num_classes = 10
+m = models.build_models(config.model)
+train_state.create_train_state(config, m, jax.random.PRNGKey(0), train_state.make_mesh())
+print("ok")
+"""
+
+
+def test_model_steps_and_benchmark_import_without_tf_clu_grain():
+  done = subprocess.run([sys.executable, "-c", _BLOCK_AND_IMPORT], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stdout.strip().endswith("ok")
