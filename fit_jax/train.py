@@ -575,7 +575,10 @@ def train_and_evaluate(config, workdir: str) -> ts.FitState:
     data, first, num_steps, config.train.batch_size, shard, config.data.num_workers
   )
   for step, batch in batches:
-    state, metrics = steps(state, batch, step_key)
+    # The host must not wait for the device between logging steps: any
+    # implicit device-to-host copy in the dispatch path is an error.
+    with jax.transfer_guard_device_to_host("disallow"):
+      state, metrics = steps(state, batch, step_key)
     window.append(metrics)
     done = step + 1
     if done % config.train.log_every == 0 or done == num_steps:

@@ -82,6 +82,21 @@ def test_no_retracing_across_steps(tiny_run):
   assert steps.discriminator._cache_size() == 1
 
 
+def test_an_iteration_returns_before_the_device_finishes(tiny_run):
+  # No host synchronisation in the dispatch path (a host numpy batch, as the
+  # training loop passes): when the call returns, no metric is computed yet.
+  # (On accelerators the loop also runs it under a device-to-host guard.)
+  config, (models, mesh, state, steps) = tiny_run
+  state = jax.tree.map(jnp.copy, state)
+  key = jax.random.PRNGKey(1)
+  state, metrics = steps(state, benchmark.random_batch(config, 8), key)
+  jax.block_until_ready(metrics)  # compiled and warm
+  for i in range(2):
+    state, metrics = steps(state, benchmark.random_batch(config, 8, seed=i), key)
+    assert not any(m.is_ready() for m in metrics.values())
+    jax.block_until_ready(metrics)
+
+
 def test_tiny_model_overfits_fixed_batch():
   config = tiny.get_config()
   config.optim.g.learning_rate = 2e-3

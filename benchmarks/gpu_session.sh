@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# One GPU session's measurements of issue 7, in priority order, as JSON lines.
+#
+# On the lent GPU machine (repo root; wheels of packages its image lacks,
+# ml_collections at least, in .whl/):
+#   bash benchmarks/gpu_session.sh            # results in $OUT/results.jsonl
+# A dry run of the same script on CPU with tiny sizes (about 3 minutes):
+#   OUT=/tmp/gpu_dry CONFIG=configs/tiny.py TRAIN_BATCH=8 INFER_BATCH=8 \
+#     bash benchmarks/gpu_session.sh
+#
+# Each run is its own process (flags differ); a run cut off by the call's
+# limit leaves the lines of the runs before it. Profiles (jax.profiler
+# traces) stay under /tmp; only their JSON summaries come back.
+set -u -o pipefail
+OUT=${OUT:?set OUT to the folder for results.jsonl}
+CONFIG=${CONFIG:-configs/default.py}
+TRAIN_BATCH=${TRAIN_BATCH:-48}
+INFER_BATCH=${INFER_BATCH:-256}
+ITERS=${ITERS:-10}
+PROFILES=${PROFILES:-/tmp/fit_jax_profiles}
+mkdir -p "$OUT"
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONUNBUFFERED=1
+python3 -c "import jax; print(jax.__version__, jax.devices())" | tee "$OUT/devices.txt"
+
+bench() {  # name, then benchmark flags
+  local name=$1
+  shift
+  echo "== $name" >&2
+  python3 -m fit_jax.benchmark --config "$CONFIG" --train_batch "$TRAIN_BATCH" \
+    --infer_batch "$INFER_BATCH" --iters "$ITERS" "$@" 2> "$OUT/$name.stderr" \
+    | grep '^{' | sed "s/^{/{\"run\": \"$name\", /" | tee -a "$OUT/results.jsonl"
+  tail -n 3 "$OUT/$name.stderr" >&2
+}
+
+# 1. The default path, bf16, with a profile: where the time goes.
+bench bf16_resize_conv --dtypes bfloat16 --train_variants fused --infer_variants folded \
+  --profile_dir "$PROFILES/resize_conv"
+# 2. Sub-pixel upsampling (same function, 9 % fewer generator FLOPs).
+bench bf16_subpixel --dtypes bfloat16 --train_variants fused --infer_variants folded \
+  --config.model.generator.upsample=subpixel --profile_dir "$PROFILES/subpixel"
+# 3. float32, which must stay available.
+bench f32 --dtypes float32 --train_variants fused --infer_variants folded,running
+echo "done: $(grep -c . "$OUT/results.jsonl") lines in $OUT/results.jsonl" >&2
