@@ -82,6 +82,21 @@ def test_no_retracing_across_steps(tiny_run):
   assert steps.discriminator._cache_size() == 1
 
 
+def test_both_steps_donate_the_state(tiny_run):
+  # Donation lets XLA update parameters and optimizer moments in place
+  # instead of holding two copies of the state.
+  config, (models, mesh, state, steps) = tiny_run
+  state = jax.tree.map(jnp.copy, state)
+  batch = steps.put_batch(benchmark.random_batch(config, 8))
+  key = jax.random.PRNGKey(1)
+  before = jax.tree.leaves(state)
+  state, generated, _ = steps.generator(state, batch, key)
+  assert all(leaf.is_deleted() for leaf in before)
+  before = jax.tree.leaves(state)
+  state, _ = steps.discriminator(state, batch, generated, key)
+  assert all(leaf.is_deleted() for leaf in before)
+
+
 def test_an_iteration_returns_before_the_device_finishes(tiny_run):
   # No host synchronisation in the dispatch path (a host numpy batch, as the
   # training loop passes): when the call returns, no metric is computed yet.
