@@ -5,7 +5,8 @@ WORKDIR ?= /tmp/fit_jax_demo
 
 .venv/done: pyproject.toml
 	python3 -m pip install -q uv
-	uv venv --python python3 .venv
+	# --allow-existing: after a pyproject change, update the environment in place.
+	uv venv --allow-existing --python python3 .venv
 	uv pip install --python $(PY) --compile-bytecode -e '.[export,faces,eval,test]'
 	# torch (CPU) comes from the local wheel through pip; converter tests only.
 	uv pip install --python $(PY) pip

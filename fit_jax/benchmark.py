@@ -97,7 +97,11 @@ def _profile(name: str, run, hlo_texts: list[str]) -> dict | None:
   with jax.profiler.trace(trace_dir):
     for _ in range(_PROFILE_CALLS.value):
       jax.block_until_ready(run())
-  summary = profile_summary.summarize(trace_dir, hlo_texts, _PROFILE_CALLS.value)
+  try:
+    summary = profile_summary.summarize(trace_dir, hlo_texts, _PROFILE_CALLS.value)
+  except (OSError, ValueError, KeyError) as e:
+    # The measurement itself must still be printed; the trace stays for a look.
+    summary = {"error": f"{type(e).__name__}: {e}"}
   return {"mode": "profile", "of": name, "trace_dir": trace_dir, **summary}
 
 

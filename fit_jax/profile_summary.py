@@ -139,11 +139,19 @@ def op_events(trace: dict) -> list[dict]:
   spans = [e for e in events if e.get("ph") == "X" and "dur" in e]
   if devices:
     on_device = [e for e in spans if e["pid"] in devices]
-    streams = [e for e in on_device if threads.get((e["pid"], e.get("tid")), "").startswith("Stream")]
-    if streams:
+
+    def line(e):
+      return threads.get((e["pid"], e.get("tid")), "")
+
+    streams = [e for e in on_device if line(e).startswith("Stream")]
+    xla_ops = [e for e in on_device if line(e) == "XLA Ops"]
+    # Kernels tagged with their HLO op are the finest record; without tags,
+    # the derived "XLA Ops" line names each op (library kernels do not).
+    if any("hlo_op" in e.get("args", {}) for e in streams) or (streams and not xla_ops):
       return streams
-    return [e for e in on_device
-            if not _DERIVED_LINES.search(threads.get((e["pid"], e.get("tid")), ""))]
+    if xla_ops:
+      return xla_ops
+    return [e for e in on_device if not _DERIVED_LINES.search(line(e))]
   return [e for e in spans
           if "hlo_op" in e.get("args", {}) and not e["name"].startswith("end:")]
 

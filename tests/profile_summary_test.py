@@ -98,6 +98,23 @@ def test_gpu_trace_layout_uses_streams_and_modules(tmp_path):
   assert summary["top_ops"][0]["op"] == "jit_step/conv_fusion.3"
 
 
+def test_untagged_kernels_fall_back_to_the_xla_ops_line(tmp_path):
+  meta = [
+    {"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/device:GPU:0"}},
+    {"ph": "M", "pid": 1, "tid": 7, "name": "thread_name", "args": {"name": "Stream #7(Compute)"}},
+    {"ph": "M", "pid": 1, "tid": 9, "name": "thread_name", "args": {"name": "XLA Ops"}},
+  ]
+  events = meta + [
+    {"ph": "X", "pid": 1, "tid": 7, "name": "sm90_xmma_fprop_bf16", "ts": 0, "dur": 600},
+    {"ph": "X", "pid": 1, "tid": 9, "name": "conv_fusion.3", "ts": 0, "dur": 600},
+    {"ph": "X", "pid": 1, "tid": 9, "name": "transpose.2", "ts": 650, "dur": 100},
+  ]
+  with gzip.open(tmp_path / "gpu.trace.json.gz", "wt") as f:
+    json.dump({"traceEvents": events}, f)
+  summary = profile_summary.summarize(str(tmp_path), [_HLO], calls=1)
+  assert summary["by_category"] == {"convolution": 0.6, "layout": 0.1}
+
+
 def test_a_folder_without_a_trace_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="no \\*.trace.json.gz"):
     profile_summary.summarize(str(tmp_path), [_HLO], calls=1)
