@@ -10,7 +10,8 @@
 #
 # Each run is its own process (flags differ); a run cut off by the call's
 # limit leaves the lines of the runs before it. Profiles (jax.profiler
-# traces) stay under /tmp; only their JSON summaries come back.
+# traces) stay under /tmp; their JSON summaries come back, and the raw trace
+# of the bf16 training iteration as $OUT/train_bf16_trace.json.gz.
 set -u -o pipefail
 OUT=${OUT:?set OUT to the folder for results.jsonl}
 CONFIG=${CONFIG:-configs/default.py}
@@ -40,6 +41,10 @@ bench() {  # name, then benchmark flags
 # 1. The default path, bf16, with a profile: where the time goes.
 bench bf16_resize_conv --dtypes bfloat16 --train_variants fused --infer_variants folded \
   --profile_dir "$PROFILES/resize_conv"
+# The raw trace of the bf16 training iteration too, for a closer look later
+# (files over the 16 MB that come back are skipped).
+find "$PROFILES/resize_conv" -name '*.trace.json.gz' -path '*train_*' -size -16M \
+  -exec cp {} "$OUT/train_bf16_trace.json.gz" \; 2>/dev/null
 # 2. Sub-pixel upsampling (same function, 9 % fewer generator FLOPs).
 bench bf16_subpixel --dtypes bfloat16 --train_variants fused --infer_variants folded \
   --config.model.generator.upsample=subpixel --profile_dir "$PROFILES/subpixel"
