@@ -300,11 +300,12 @@ def query_pool(pool, images: jax.Array, key: jax.Array, num_out: int):
     before = jnp.where((last >= 0)[:, None, None, None],
                        queried[jnp.maximum(last, 0)], stored[slot])
     returned = jnp.where((filling | ~swap)[:, None, None, None], queried, before)
-    # Only each slot's last writer lands; the rest go out of bounds and are
-    # dropped, so the (donated) pool is updated in place, n images at most.
+    # Only each slot's last writer lands; the rest go to distinct indices out
+    # of bounds and are dropped, so every index is unique and the (donated)
+    # pool is updated in place, n images at most.
     later = same & (order[None, :] > order[:, None])
     lands = written & ~jnp.any(later, axis=1)
-    stored = stored.at[jnp.where(lands, slot, size)].set(
+    stored = stored.at[jnp.where(lands, slot, size + order)].set(
       queried, mode="drop", unique_indices=True)
     pool = {"images": stored,
             "count": jnp.minimum(count + n, size).astype(pool["count"].dtype)}
