@@ -219,6 +219,8 @@ def bench_input(config, batch_size: int, iters: int, num_workers: int) -> dict:
 
 def main(argv):
   del argv
+  if _ITERS.value < 1:
+    raise app.UsageError(f"--iters={_ITERS.value}: time at least one call")
   base = _CONFIG.value
   if "input" in _MODES.value:
     workers = _INPUT_WORKERS.value or str(base.data.num_workers)
