@@ -13,7 +13,14 @@ reports, per profiled call:
   HLO does not name, e.g. a library kernel without an `hlo_op` tag);
 - by_scope: the model scope of the op's `op_name` ("Generator/block_3"),
   split into forward and backward (ops under a transpose(...) transform);
-- top_ops: the slowest instructions with their category and scope.
+- top_ops: the slowest instructions with their category and scope, and for
+  convolutions and matrix products their GFLOP per call and achieved TFLOP/s
+  (counted from the HLO shapes by flop_count, cuDNN and cuBLAS calls
+  included), so the inefficient layers stand out;
+- gflop (all devices together) and, per device, tflops_by_category and
+  tflops_busy (the rate while a device is busy). With several devices each
+  op's per-device FLOPs count once per device that ran it, and its time is
+  summed over them.
 
 No TensorFlow or TensorBoard is needed: only the trace's JSON. benchmark.py
 calls it for `--profile_dir`.
@@ -27,10 +34,9 @@ import json
 import os
 import re
 
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*\S.*?\s([\w\-]+)\(")
-_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
+from fit_jax import flop_count
+
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
-_CALLS = re.compile(r"calls=%?([\w.\-]+)")
 _TARGET = re.compile(r'custom_call_target="([^"]*)"')
 _COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 _LAYOUT = ("copy", "transpose", "copy-start", "copy-done", "bitcast")
@@ -43,6 +49,7 @@ class HloOp:
   category: str
   scope: str
   backward: bool
+  flops: float = 0.0  # per run of the module
 
 
 def _category(opcode: str, body_opcodes: set[str], target: str, line: str) -> str:
@@ -88,34 +95,26 @@ def module_name(text: str) -> str:
 
 def parse_hlo(text: str) -> dict[str, HloOp]:
   """Optimised HLO text -> {instruction name: HloOp} for every instruction."""
+  instructions, _ = flop_count.parse_hlo_module(text)
   bodies: dict[str, set[str]] = collections.defaultdict(set)
   body_op_names: dict[str, str] = {}
-  instructions = []
-  computation = ""
-  for line in text.splitlines():
-    match = _INSTRUCTION.match(line)
-    if match:
-      name, opcode = match.groups()
-      bodies[computation].add(opcode)
-      instructions.append((name, opcode, line))
-      op_name = _OP_NAME.search(line)
-      if op_name and "/" in op_name.group(1):
-        body_op_names.setdefault(computation, op_name.group(1))
-      continue
-    header = _COMPUTATION.match(line)
-    if header and "=" not in line.split("{")[0]:
-      computation = header.group(1)
+  for i in instructions:
+    bodies[i.computation].add(i.opcode)
+    op_name = _OP_NAME.search(i.line)
+    if op_name and "/" in op_name.group(1):
+      body_op_names.setdefault(i.computation, op_name.group(1))
+  flops = flop_count.hlo_flops(text)
   ops = {}
-  for name, opcode, line in instructions:
-    called = _CALLS.search(line)
-    body = set(bodies.get(called.group(1), ())) if called else set()
-    target = _TARGET.search(line)
-    op_name = _OP_NAME.search(line)
+  for i in instructions:
+    called = i.called[0] if i.called else ""
+    body = set(bodies.get(called, ()))
+    target = _TARGET.search(i.line)
+    op_name = _OP_NAME.search(i.line)
     # A fusion XLA made without metadata is named by what it computes.
-    full = op_name.group(1) if op_name else body_op_names.get(called.group(1) if called else "")
+    full = op_name.group(1) if op_name else body_op_names.get(called)
     scope, backward = scope_of(full) if full else ("(unnamed)", False)
-    ops[name] = HloOp(_category(opcode, body, target.group(1) if target else "", line),
-                      scope, backward)
+    ops[i.name] = HloOp(_category(i.opcode, body, target.group(1) if target else "", i.line),
+                        scope, backward, flops.get(i.name, 0.0))
   return ops
 
 
@@ -156,6 +155,12 @@ def op_events(trace: dict) -> list[dict]:
           if "hlo_op" in e.get("args", {}) and not e["name"].startswith("end:")]
 
 
+def _device(event: dict) -> object:
+  """Which device ran an op event: CPU thunks name it; GPU/TPU events sit in
+  a process per device."""
+  return event.get("args", {}).get("device_ordinal", event["pid"])
+
+
 def _busy(intervals: list[tuple[float, float]]) -> float:
   total, end = 0.0, float("-inf")
   for start, stop in sorted(intervals):
@@ -183,6 +188,11 @@ def summarize(trace_dir: str, hlo_texts: list[str], calls: int, top: int = 25) -
   categories: dict[str, float] = collections.Counter()
   scopes: dict[str, dict[str, float]] = collections.defaultdict(collections.Counter)
   info: dict[str, tuple[str, str]] = {}
+  # FLOPs per call: the op's per-device count on each device that ran it
+  # (an op may run as several kernels on one device).
+  op_flops: dict[str, float] = {}
+  op_devices: dict[str, set] = collections.defaultdict(set)
+  device_spans: dict[object, list] = collections.defaultdict(list)
   for e in events:
     args = e.get("args", {})
     tag = str(args.get("hlo_op", "")).lstrip("%")
@@ -198,13 +208,33 @@ def summarize(trace_dir: str, hlo_texts: list[str], calls: int, top: int = 25) -
     scope = op.scope if op else "(unattributed)"
     scopes[scope]["backward" if op and op.backward else "forward"] += ms
     info[name] = (category, scope)
+    device = _device(e)
+    op_devices[name].add(device)
+    op_flops[name] = (op.flops if op else 0.0) * len(op_devices[name])
+    device_spans[device].append((e["ts"], e["ts"] + e["dur"]))
   first = min(e["ts"] for e in events)
   last = max(e["ts"] + e["dur"] for e in events)
   per_call = 1.0 / max(calls, 1)
   round3 = lambda v: round(v * per_call, 3)  # noqa: E731
+  category_flops: dict[str, float] = collections.Counter()
+  for name, flops in op_flops.items():
+    category_flops[info[name][0]] += flops
+  busy_ms = _busy([(e["ts"], e["ts"] + e["dur"]) for e in events]) / 1e3 * per_call
+  # Rates are per device: FLOPs over the device time that ran them.
+  device_busy_ms = sum(_busy(spans) for spans in device_spans.values()) / 1e3 * per_call
+
+  def tflops(flops: float, ms: float) -> float:
+    return round(flops / (ms * per_call) / 1e9, 3) if ms else 0.0
+
+  def top_op(name: str, ms: float) -> dict:
+    entry = {"op": name, "category": info[name][0], "scope": info[name][1], "ms": round3(ms)}
+    if op_flops[name]:
+      entry.update(gflop=round(op_flops[name] / 1e9, 3), tflops=tflops(op_flops[name], ms))
+    return entry
+
   return {
     "events": len(events),
-    "busy_ms": round3(_busy([(e["ts"], e["ts"] + e["dur"]) for e in events]) / 1e3),
+    "busy_ms": round(busy_ms, 3),
     "op_ms": round3(sum(per_op.values())),
     "wall_ms": round3((last - first) / 1e3),
     "by_category": {k: round3(v) for k, v in categories.most_common()},
@@ -212,8 +242,9 @@ def summarize(trace_dir: str, hlo_texts: list[str], calls: int, top: int = 25) -
       k: {d: round3(v) for d, v in scopes[k].items()}
       for k in sorted(scopes, key=lambda k: -sum(scopes[k].values()))[:top]
     },
-    "top_ops": [
-      {"op": k, "category": info[k][0], "scope": info[k][1], "ms": round3(v)}
-      for k, v in per_op.most_common(top)
-    ],
+    "gflop": round(sum(op_flops.values()) / 1e9, 3),
+    "tflops_busy": round(sum(op_flops.values()) / device_busy_ms / 1e9, 3)
+    if device_busy_ms else 0.0,
+    "tflops_by_category": {k: tflops(v, categories[k]) for k, v in category_flops.items() if v},
+    "top_ops": [top_op(k, v) for k, v in per_op.most_common(top)],
   }

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from fit_jax import profile_summary
+from fit_jax import flop_count, profile_summary
 
 
 class _Net(nn.Module):
@@ -45,6 +45,12 @@ def test_summary_of_a_real_cpu_trace(tmp_path):
   scopes = summary["by_scope"]
   assert scopes["_Net/first"]["forward"] > 0 and scopes["_Net/second"]["backward"] > 0
   assert summary["top_ops"][0]["ms"] >= summary["top_ops"][-1]["ms"]
+  # Every convolution of the module ran, so the FLOPs seen are the module's.
+  assert summary["gflop"] == pytest.approx(
+    flop_count.hlo_module_flops(compiled.as_text()) / 1e9, abs=1e-3)
+  conv_ops = [op for op in summary["top_ops"] if op["category"] == "convolution"]
+  assert conv_ops and all(op["gflop"] > 0 and op["tflops"] > 0 for op in conv_ops)
+  assert summary["tflops_by_category"]["convolution"] > 0
 
 
 _HLO = """HloModule jit_step, entry_computation_layout={()->f32[]}
@@ -95,7 +101,15 @@ def test_gpu_trace_layout_uses_streams_and_modules(tmp_path):
   assert summary["by_category"] == {"convolution": 0.6, "layout": 0.1, "reduction": 0.1}
   assert summary["busy_ms"] == 0.8 and summary["wall_ms"] == 0.9
   assert summary["by_scope"]["Generator/block_0"] == {"backward": 0.6, "forward": 0.1}
-  assert summary["top_ops"][0]["op"] == "jit_step/conv_fusion.3"
+  top = summary["top_ops"][0]
+  assert top["op"] == "jit_step/conv_fusion.3"
+  # 8 images, 64 -> 64 channels, 3x3 taps on a zero-padded 32x32 map: 94 real
+  # (output, tap) pairs per spatial dim.
+  gflop = 2 * 8 * 64 * 64 * 94 * 94 / 1e9
+  assert top["gflop"] == pytest.approx(gflop, abs=1e-3)
+  assert top["tflops"] == pytest.approx(gflop / 0.6, abs=0.01)
+  assert summary["tflops_busy"] == pytest.approx(gflop / 0.8, abs=0.01)
+  assert "gflop" not in summary["top_ops"][1]  # a transpose does no FLOPs
 
 
 def test_untagged_kernels_fall_back_to_the_xla_ops_line(tmp_path):
