@@ -105,12 +105,15 @@ def bilinear_sample(images: jax.Array, grid: jax.Array) -> jax.Array:
   Returns:
     [B, h, w, C]; differentiable in `images` (and in `grid`).
   """
-  b, height, width, _ = images.shape
+  _, height, width, _ = images.shape
   px = (grid[..., 0] + 1.0) * 0.5 * (width - 1)
   py = (grid[..., 1] + 1.0) * 0.5 * (height - 1)
   x0, y0 = jnp.floor(px), jnp.floor(py)
   wx1, wy1 = px - x0, py - y0
-  batch_idx = jnp.arange(b)[:, None, None]
+  # A per-image gather (vmap gives it batching dims), not images[iota, y, x]:
+  # XLA partitions the former along a sharded batch, while an explicit
+  # batch index makes it gather the whole batch onto every device.
+  gather = jax.vmap(lambda image, y, x: image[y, x])
   out = 0.0
   for dy, wy in ((0, 1.0 - wy1), (1, wy1)):
     for dx, wx in ((0, 1.0 - wx1), (1, wx1)):
@@ -118,7 +121,7 @@ def bilinear_sample(images: jax.Array, grid: jax.Array) -> jax.Array:
       inside = (xi >= 0) & (xi <= width - 1) & (yi >= 0) & (yi <= height - 1)
       xc = jnp.clip(xi, 0, width - 1).astype(jnp.int32)
       yc = jnp.clip(yi, 0, height - 1).astype(jnp.int32)
-      tap = images[batch_idx, yc, xc]
+      tap = gather(images, yc, xc)
       out = out + tap * jnp.where(inside, wx * wy, 0.0)[..., None].astype(images.dtype)
   return out
 

@@ -6,9 +6,15 @@
 Measures a full training iteration (generator_step + discriminator_step, as
 jitted for training, state donated) and generator inference in the
 per-image-deterministic mode (`norm=batch`, running statistics). Reports
-images/s, seconds per call, compile seconds, XLA-estimated FLOPs, achieved
-TFLOP/s and peak device memory where the backend reports it. Inputs are
-random, never zeros. Imports nothing from TensorFlow.
+images/s, seconds per call, compile seconds, model FLOPs counted from the
+jaxpr (flop_count; XLA's own estimate beside it as xla_gflop_*, which misses
+cuDNN convolutions on GPU), achieved TFLOP/s, MFU against the device's dense
+peak where flop_count knows it, and peak device memory where the backend
+reports it. The training line also splits the model FLOPs per image by
+network, forward and backward; `executed_over_model` compares the FLOPs the
+compiled programs execute on all devices with the model's (1.0: no device
+repeats another's work). Inputs are random, never zeros. Imports
+nothing from TensorFlow.
 
 `--profile_dir DIR` also traces `--profile_calls` calls of each measurement
 with jax.profiler (the traces stay under DIR for TensorBoard or Perfetto)
@@ -24,6 +30,7 @@ than the training iteration consumes (images/s above train_iteration's).
 A standalone command like main.py, so it parses its own flags.
 """
 
+import collections
 import json
 import os
 import time
@@ -34,7 +41,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from fit_jax import inference, profile_summary, train, train_state
+from fit_jax import flop_count, inference, profile_summary, train, train_state
 from fit_jax import models as models_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -77,11 +84,37 @@ def random_batch(config, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
   }
 
 
-def _flops(compiled) -> float:
+def _xla_flops(compiled) -> float:
   analysis = compiled.cost_analysis()
   if isinstance(analysis, (list, tuple)):
     analysis = analysis[0] if analysis else {}
   return float((analysis or {}).get("flops", 0.0))
+
+
+def _by_network(counts: dict[str, float], images: int) -> dict[str, dict[str, float]]:
+  """{name stack: FLOPs} -> {network: {forward, backward: GFLOP per image}}."""
+  networks: dict[str, dict[str, float]] = {}
+  for stack, flops in counts.items():
+    scope, backward = profile_summary.scope_of(stack + "/op")
+    direction = networks.setdefault(scope.split("/")[0], {"forward": 0.0, "backward": 0.0})
+    direction["backward" if backward else "forward"] += flops / images / 1e9
+  return {k: {d: round(v, 2) for d, v in dirs.items()} for k, dirs in sorted(
+    networks.items(), key=lambda item: -sum(item[1].values())) if sum(dirs.values()) >= 0.01}
+
+
+def _rates(flops: float, seconds: float, dtype: str, devices: int) -> dict:
+  """Achieved TFLOP/s (all devices) and, on devices of known peak, the MFU."""
+  peak = flop_count.peak_flops(jax.devices()[0].device_kind, dtype)
+  achieved = flops / seconds
+  return {"tflops_achieved": achieved / 1e12,
+          "mfu": round(achieved / (peak * devices), 4) if peak else None}
+
+
+def _executed_over_model(per_device: float, model: float, devices: int) -> float:
+  """FLOPs all devices' compiled programs execute over the model's: 1.0 means
+  no replicated work; above it, work done on several devices or channels XLA
+  padded for tensor cores."""
+  return round(per_device * devices / model, 4) if model else 0.0
 
 
 def _peak_memory() -> int | None:
@@ -126,7 +159,11 @@ def bench_train(config, batch_size: int, iters: int, variant: str = "fused") -> 
   )
   d_compiled = steps.discriminator.lower(state, batch, generated, key).compile()
   compile_s = time.perf_counter() - t0
-  flops = _flops(g_compiled) + _flops(d_compiled)
+  xla_flops = _xla_flops(g_compiled) + _xla_flops(d_compiled)
+  counts = collections.Counter(flop_count.jaxpr_flops(steps.generator, state, batch, key))
+  counts.update(flop_count.jaxpr_flops(steps.discriminator, state, batch, generated, key))
+  flops = sum(counts.values())
+  executed = sum(flop_count.hlo_module_flops(c.as_text()) for c in (g_compiled, d_compiled))
 
   for _ in range(2):  # warm-up
     state, metrics = steps(state, batch, key)
@@ -149,8 +186,11 @@ def bench_train(config, batch_size: int, iters: int, variant: str = "fused") -> 
     "mode": "train_iteration", "variant": variant, "batch": batch_size,
     "images_per_s": batch_size / seconds, "seconds": seconds,
     "compile_s": compile_s, "gflop_per_iter": flops / 1e9,
-    "tflops_achieved": flops / seconds / 1e12, "finite_loss": bool(np.isfinite(loss)),
-    "profile": profile,
+    "xla_gflop_per_iter": xla_flops / 1e9,
+    **_rates(flops, seconds, config.model.dtype, mesh.size),
+    "gflop_per_image_by_network": _by_network(counts, batch_size),
+    "executed_over_model": _executed_over_model(executed, flops, mesh.size),
+    "finite_loss": bool(np.isfinite(loss)), "profile": profile,
   }
 
 
@@ -175,7 +215,9 @@ def bench_infer(config, batch_size: int, iters: int, variant: str = "folded") ->
   t0 = time.perf_counter()
   compiled = fn.lower(variables, images, password).compile()
   compile_s = time.perf_counter() - t0
-  flops = _flops(compiled)
+  xla_flops = _xla_flops(compiled)
+  flops = sum(flop_count.jaxpr_flops(fn, variables, images, password).values())
+  executed = flop_count.hlo_module_flops(compiled.as_text())
   for _ in range(3):
     out = compiled(variables, images, password)
   jax.block_until_ready(out)
@@ -191,7 +233,8 @@ def bench_infer(config, batch_size: int, iters: int, variant: str = "folded") ->
     "mode": "generator_inference", "variant": variant, "batch": batch_size,
     "images_per_s": batch_size / seconds, "seconds": seconds,
     "compile_s": compile_s, "gflop_per_call": flops / 1e9,
-    "tflops_achieved": flops / seconds / 1e12,
+    "xla_gflop_per_call": xla_flops / 1e9, **_rates(flops, seconds, config.model.dtype, 1),
+    "executed_over_model": _executed_over_model(executed, flops, 1),  # one device
     "finite_output": bool(jnp.all(jnp.isfinite(out))),
   }
 

@@ -61,9 +61,22 @@ def _negative(loss, config):
   return losses.bounded_negative(loss, config.loss.negative_angle_bound)
 
 
+def _fuse(parts: list[jax.Array]) -> jax.Array:
+  """One batch of several calls' equal batches, interleaved image by image.
+
+  Row `b * len(parts) + i` is image b of part i, so each device's slice of
+  the fused batch holds its own images of every part: the fused batch stays
+  sharded like the parts, with no data movement (concatenating the parts
+  would put part 0 on the first devices, and XLA then gathered every image
+  onto every device). layers.Norm's stat groups use the same layout.
+  """
+  return jnp.stack(parts, axis=1).reshape((-1,) + parts[0].shape[1:])
+
+
 def _split(array: jax.Array, parts: int) -> list[jax.Array]:
-  """Splits a fused call's output back into its equal batch chunks."""
-  return jnp.split(array, parts, axis=0)
+  """A fused call's output back into its parts (the inverse of _fuse)."""
+  grouped = array.reshape((-1, parts) + array.shape[1:])
+  return [grouped[:, i] for i in range(parts)]
 
 
 def _global_norm(tree):
@@ -118,11 +131,10 @@ def generator_step(
       # Two calls instead of five: A and A2 share the input x, and R, W, W2
       # share the input A. Stat groups keep each pass's statistics apart.
       anon, anon2 = _split(gen(
-        jnp.concatenate([x, x]),
-        jnp.concatenate([enc["anon"], enc["anon2"]]), groups=2), 2)
+        _fuse([x, x]), _fuse([enc["anon"], enc["anon2"]]), groups=2), 2)
       recon, wrong, wrong2 = _split(gen(
-        jnp.concatenate([anon, anon, anon]),
-        jnp.concatenate([enc["recover"], enc["wrong"], enc["wrong2"]]), groups=3), 3)
+        _fuse([anon, anon, anon]),
+        _fuse([enc["recover"], enc["wrong"], enc["wrong2"]]), groups=3), 3)
     else:
       # The reference's order: A, R, A2, W, W2 (matters for running stats).
       anon = gen(x, enc["anon"])
@@ -144,7 +156,7 @@ def generator_step(
     fakes = {"M": anon, "R": recon, "WR": wrong}
     if fuse:
       coarse = dict(zip(models_lib.BRANCHES, _split(disc(
-        "coarse", jnp.concatenate(list(fakes.values())), stat_groups=3), 3)))
+        "coarse", _fuse(list(fakes.values())), stat_groups=3), 3)))
     else:
       coarse = {br: disc("coarse", fakes[br]) for br in models_lib.BRANCHES}
     gan = {
@@ -167,8 +179,7 @@ def generator_step(
     pairs = [(x, anon), (anon, recon), (anon, wrong)]
     if fuse:
       logits = _split(q(
-        jnp.concatenate([p[0] for p in pairs]),
-        jnp.concatenate([p[1] for p in pairs]), groups=3), 3)
+        _fuse([p[0] for p in pairs]), _fuse([p[1] for p in pairs]), groups=3), 3)
     else:
       logits = [q(*p) for p in pairs]
     q_pairs = {
@@ -320,8 +331,14 @@ def query_pool(pool, images: jax.Array, key: jax.Array, num_out: int):
 def discriminator_step(
   state: ts.FitState, batch: Batch, generated: dict[str, jax.Array],
   key: jax.Array, *, models: models_lib.Models, config,
+  batch_sharding: jax.sharding.Sharding | None = None,
 ) -> tuple[ts.FitState, dict[str, jax.Array]]:
-  """Updates D and SphereFace on the generator step's images; step += 1."""
+  """Updates D and SphereFace on the generator step's images; step += 1.
+
+  `batch_sharding` (TrainSteps passes the batch's) is imposed on the images
+  the (replicated) pools return: without it XLA runs the discriminator on
+  every device's copy of the whole batch of pool images.
+  """
   lc = config.loss
   x = batch["image"]
   labels = batch["label"]
@@ -335,6 +352,9 @@ def discriminator_step(
   pools["WR"], fake_wr = query_pool(
     pools["WR"], jnp.concatenate([generated["wrong"], generated["wrong2"]]), keys[2], b
   )
+  if batch_sharding is not None:
+    fake_m, fake_r, fake_wr = jax.lax.with_sharding_constraint(
+      (fake_m, fake_r, fake_wr), batch_sharding)
   crops = alignment.recognizer_crops(
     jnp.concatenate([generated["anon"], generated["recon"], generated["wrong"], x]),
     jnp.tile(batch["landmarks"], (4, 1, 1)), config.data.landmark_frame,
@@ -374,12 +394,12 @@ def discriminator_step(
       # fine call per branch for its fakes and the reals; stat groups keep
       # every original call's batch statistics apart.
       *coarse_fake, coarse_real = _split(call(
-        "coarse", jnp.concatenate([*fakes.values(), x]), stat_groups=4), 4)
+        "coarse", _fuse([*fakes.values(), x]), stat_groups=4), 4)
       coarse_fake = dict(zip(models_lib.BRANCHES, coarse_fake))
       fine_fake, fine_real = {}, {}
       for branch in models_lib.BRANCHES:
         fine_fake[branch], fine_real[branch] = _split(call(
-          "fine", jnp.concatenate([fakes[branch], x]), branch, stat_groups=2), 2)
+          "fine", _fuse([fakes[branch], x]), branch, stat_groups=2), 2)
     else:
       coarse_fake = {br: call("coarse", fakes[br]) for br in models_lib.BRANCHES}
       fine_fake = {br: call("fine", fakes[br], br) for br in models_lib.BRANCHES}
@@ -471,7 +491,8 @@ class TrainSteps:
       donate_argnums=0,
     )
     self.discriminator = jax.jit(
-      functools.partial(discriminator_step, models=models, config=config),
+      functools.partial(discriminator_step, models=models, config=config,
+                        batch_sharding=data_sh),
       in_shardings=(state_sh, data_sh, data_sh, replicated),
       out_shardings=(state_sh, replicated),
       donate_argnums=0,

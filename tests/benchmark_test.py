@@ -6,6 +6,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -27,6 +29,16 @@ def test_benchmark_prints_json_for_train_inference_and_input(tmp_path):
   (train,) = by_mode["train_iteration"]
   assert train["finite_loss"] and train["dtype"] == "bfloat16" and train["batch"] == 8
   assert train["gflop_per_iter"] > 0 and train["images_per_s"] > 0
+  assert train["xla_gflop_per_iter"] > 0 and train["mfu"] is None  # no known CPU peak
+  # 8 CPU devices (conftest): no device repeats another's work.
+  assert train["num_devices"] == 8 and train["executed_over_model"] == pytest.approx(1, abs=0.05)
+  networks = train["gflop_per_image_by_network"]
+  generator = networks["Generator"]
+  # Backward is twice the forward, less the input gradient of passes on data.
+  assert 1.5 * generator["forward"] < generator["backward"] <= 2 * generator["forward"]
+  assert {"SphereFace20a", "PasswordHead"} <= set(networks)
+  assert sum(sum(d.values()) for d in networks.values()) * 8 == pytest.approx(
+    train["gflop_per_iter"], rel=0.02)
   assert [r["variant"] for r in by_mode["generator_inference"]] == ["folded", "running"]
   assert all(r["finite_output"] for r in by_mode["generator_inference"])
   profiles = {r["of"]: r for r in by_mode["profile"]}
@@ -34,4 +46,10 @@ def test_benchmark_prints_json_for_train_inference_and_input(tmp_path):
                               "train_bfloat16_fused_b8"]
   for profile in profiles.values():
     assert profile["by_category"]["convolution"] > 0 and profile["busy_ms"] > 0
+  # On CPU XLA runs exactly the model's convolutions and dots.
+  assert profiles["train_bfloat16_fused_b8"]["gflop"] == pytest.approx(
+    train["gflop_per_iter"], rel=1e-3)
+  folded = by_mode["generator_inference"][0]
+  assert profiles["infer_bfloat16_folded_b4"]["gflop"] == pytest.approx(
+    folded["gflop_per_call"], rel=1e-3)
   assert any("Generator" in scope for scope in profiles["train_bfloat16_fused_b8"]["by_scope"])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from fit_jax import benchmark, train, train_state
+from fit_jax import benchmark, flop_count, train, train_state
 from fit_jax import models as models_lib
 
 
@@ -33,11 +33,14 @@ def _assert_same_iteration(results, rtol, metric_atol):
   """Two (metrics, generator params) results of one iteration agree.
 
   Biases right before a BatchNorm have an exactly-zero true gradient; Adam
-  turns their rounding noise into +-lr steps, hence params atol = 2 lr.
+  turns their rounding noise into +-lr steps, hence params atol = 2 lr. The
+  same noise enters the gradient norms (up to ~3e-5 of them when the BN sums
+  run in another order), hence their 10x looser rtol.
   """
   (metrics_a, params_a), (metrics_b, params_b) = results
   for name in metrics_a:
-    np.testing.assert_allclose(metrics_b[name], metrics_a[name], rtol=rtol,
+    loose = 10 if name.endswith("grad_norm") else 1
+    np.testing.assert_allclose(metrics_b[name], metrics_a[name], rtol=rtol * loose,
                                atol=metric_atol, err_msg=name)
   for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
     np.testing.assert_allclose(b, a, rtol=rtol, atol=2e-4)
@@ -144,6 +147,27 @@ def test_eight_devices_match_one():
     state, metrics = steps(state, benchmark.random_batch(config, 8), key)
     results.append((_host(metrics), _host(state.gen.params)))
   _assert_same_iteration(results, rtol=1e-4, metric_atol=1e-5)
+
+
+@pytest.mark.parametrize("fuse,norm_group_size", [(True, 4), (False, 0)])
+def test_no_device_computes_another_devices_images(fuse, norm_group_size):
+  """Data parallelism without replicated work: on 8 devices each device's
+  compiled program does 1/8 of the model's FLOPs, in both steps. (Before,
+  fused calls, the alignment gather and the pool images made every device
+  run the generator, SphereFace and D on the whole batch: 2.9x the work.)
+  Norm groups of 4 with 2 images per device straddle devices."""
+  config = tiny.get_config()
+  config.train.fuse_calls = fuse
+  config.model.norm_group_size = norm_group_size
+  _, mesh, state, steps = _setup(config, jax.devices())
+  batch = steps.put_batch(benchmark.random_batch(config, 16))
+  key = jax.random.PRNGKey(0)
+  generated = jax.eval_shape(steps.generator, state, batch, key)[1]
+  for step, args in ((steps.generator, (state, batch, key)),
+                     (steps.discriminator, (state, batch, generated, key))):
+    model = sum(flop_count.jaxpr_flops(step, *args).values())
+    per_device = flop_count.hlo_module_flops(step.lower(*args).compile().as_text())
+    assert per_device * mesh.size == pytest.approx(model, rel=0.05)
 
 
 def test_pool_semantics():

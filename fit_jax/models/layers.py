@@ -48,9 +48,12 @@ class Norm(nn.Module):
   (12 images each); 0 uses the whole (global) batch. Statistics are always
   computed in float32.
 
-  `stat_groups` (a call argument) splits the batch into that many equal
-  chunks whose statistics never mix: one call on concatenated inputs then
-  computes exactly what separate calls on each input would.
+  `stat_groups` (a call argument) says the batch holds that many calls'
+  equal batches, interleaved image by image (row `b * stat_groups + i` is
+  image b of call i, as train._fuse lays them out), whose statistics never
+  mix: one call on the fused batch computes exactly what separate calls
+  would. Interleaving keeps every device's images of all calls on that
+  device, so the fused batch shards like the separate ones.
   """
 
   mode: str = "batch_stats"
@@ -98,16 +101,18 @@ class Norm(nn.Module):
       raise ValueError(
         f"batch {chunk} is not divisible by the norm group size {group}"
       )
-    grouped = x32.reshape((batch // group, group) + x32.shape[1:])
-    mean, var = _moments(grouped, axes=(1, 2, 3))
+    # [norm groups, images per group, calls, H, W, C]
+    grouped = x32.reshape((chunk // group, group, stat_groups) + x32.shape[1:])
+    mean, var = _moments(grouped, axes=(1, 3, 4))
     y = self._normalize(grouped, mean, var, scale, bias).reshape(x.shape)
 
     if self.mode == "batch" and train and not self.is_initializing():
       # torch updates running_var with the unbiased variance.
       n = group * x.shape[1] * x.shape[2]
-      unbiased = jnp.mean(var, axis=0)[0, 0, 0] * n / max(n - 1, 1)
+      unbiased = jnp.mean(var.reshape(-1, features), axis=0) * n / max(n - 1, 1)
       m = self.momentum
-      ra_mean.value = (1 - m) * ra_mean.value + m * jnp.mean(mean, axis=0)[0, 0, 0]
+      ra_mean.value = (1 - m) * ra_mean.value + m * jnp.mean(
+        mean.reshape(-1, features), axis=0)
       ra_var.value = (1 - m) * ra_var.value + m * unbiased
     return y
 
