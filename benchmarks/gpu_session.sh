@@ -10,8 +10,9 @@
 #
 # Each run is its own process (flags differ); a run cut off by the call's
 # limit leaves the lines of the runs before it. Profiles (jax.profiler
-# traces) stay under /tmp; their JSON summaries come back, and the raw trace
-# of the bf16 training iteration as $OUT/train_bf16_trace.json.gz.
+# traces) stay under /tmp; their JSON summaries come back, the raw trace of
+# the bf16 training iteration as $OUT/train_bf16.trace.json.gz, and the bf16
+# runs' HLO and inference traces as $OUT/bf16_profiles.tar.
 set -u -o pipefail
 OUT=${OUT:?set OUT to the folder for results.jsonl}
 CONFIG=${CONFIG:-configs/default.py}
@@ -44,10 +45,15 @@ bench bf16_resize_conv --dtypes bfloat16 --train_variants fused --infer_variants
 # The raw trace of the bf16 training iteration too, for a closer look later
 # (files over the 16 MB that come back are skipped).
 find "$PROFILES/resize_conv" -name '*.trace.json.gz' -path '*train_*' -size -16M \
-  -exec cp {} "$OUT/train_bf16_trace.json.gz" \; 2>/dev/null
+  -exec cp {} "$OUT/train_bf16.trace.json.gz" \; 2>/dev/null
 # 2. Sub-pixel upsampling (same function, 9 % fewer generator FLOPs).
 bench bf16_subpixel --dtypes bfloat16 --train_variants fused --infer_variants folded \
   --config.model.generator.upsample=subpixel --profile_dir "$PROFILES/subpixel"
+# Both bf16 runs' optimised HLO and inference traces in one file: on any
+# machine, profile_summary.summarize_dir(folder, calls=2) redoes a summary, and
+# the HLO shows the convolutions' layouts and cuDNN calls as XLA chose them.
+(cd "$PROFILES" && find . -name '*.hlo.txt.gz' -o -path '*infer_*' -name '*.trace.json.gz' \
+  | tar -cf "$OUT/bf16_profiles.tar" -T -) || echo "no profile archive" >&2
 # 3. float32, which must stay available.
 bench f32 --dtypes float32 --train_variants fused --infer_variants folded,running
 echo "done: $(grep -c . "$OUT/results.jsonl") lines in $OUT/results.jsonl" >&2

@@ -17,7 +17,8 @@ repeats another's work). Inputs are random, never zeros. Imports
 nothing from TensorFlow.
 
 `--profile_dir DIR` also traces `--profile_calls` calls of each measurement
-with jax.profiler (the traces stay under DIR for TensorBoard or Perfetto)
+with jax.profiler (the traces stay under DIR for TensorBoard or Perfetto,
+each beside its compiled programs' optimised HLO)
 and prints a second JSON line, mode "profile", from profile_summary: device
 busy and wall time per call, time by op category, by model scope (forward
 and backward) and the slowest ops.
@@ -130,6 +131,9 @@ def _profile(name: str, run, hlo_texts: list[str]) -> dict | None:
   with jax.profiler.trace(trace_dir):
     for _ in range(_PROFILE_CALLS.value):
       jax.block_until_ready(run())
+  # The optimised HLO beside the trace makes the folder self-contained: it
+  # can be summarised again later, elsewhere (profile_summary.summarize_dir).
+  profile_summary.save_hlo(trace_dir, hlo_texts)
   try:
     summary = profile_summary.summarize(trace_dir, hlo_texts, _PROFILE_CALLS.value)
   except (OSError, ValueError, KeyError) as e:

@@ -23,7 +23,9 @@ reports, per profiled call:
   summed over them.
 
 No TensorFlow or TensorBoard is needed: only the trace's JSON. benchmark.py
-calls it for `--profile_dir`.
+calls it for `--profile_dir` and saves the HLO beside the trace (`save_hlo`),
+so `summarize_dir(trace_dir, calls)` can redo a summary from the folder alone,
+e.g. on a CPU machine from a GPU run's folder.
 """
 
 import collections
@@ -116,6 +118,27 @@ def parse_hlo(text: str) -> dict[str, HloOp]:
     ops[i.name] = HloOp(_category(i.opcode, body, target.group(1) if target else "", i.line),
                         scope, backward, flops.get(i.name, 0.0))
   return ops
+
+
+def save_hlo(trace_dir: str, hlo_texts: list[str]) -> None:
+  """Writes each module's optimised HLO as trace_dir/<module>.hlo.txt.gz."""
+  os.makedirs(trace_dir, exist_ok=True)
+  for text in hlo_texts:
+    with gzip.open(os.path.join(trace_dir, f"{module_name(text) or 'module'}.hlo.txt.gz"),
+                   "wt") as f:
+      f.write(text)
+
+
+def summarize_dir(trace_dir: str, calls: int, top: int = 25) -> dict:
+  """summarize() with the HLO that save_hlo left in trace_dir."""
+  paths = sorted(glob.glob(os.path.join(trace_dir, "*.hlo.txt.gz")))
+  if not paths:
+    raise FileNotFoundError(f"{trace_dir}: no *.hlo.txt.gz (written by save_hlo)")
+  texts = []
+  for path in paths:
+    with gzip.open(path, "rt") as f:
+      texts.append(f.read())
+  return summarize(trace_dir, texts, calls, top)
 
 
 def newest_trace(trace_dir: str) -> str:

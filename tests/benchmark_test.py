@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from fit_jax import profile_summary
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -46,6 +48,9 @@ def test_benchmark_prints_json_for_train_inference_and_input(tmp_path):
                               "train_bfloat16_fused_b8"]
   for profile in profiles.values():
     assert profile["by_category"]["convolution"] > 0 and profile["busy_ms"] > 0
+    # The folder alone (trace + saved HLO) gives the same summary again.
+    again = profile_summary.summarize_dir(profile["trace_dir"], calls=2)
+    assert again["gflop"] == profile["gflop"] and again["by_scope"] == profile["by_scope"]
   # On CPU XLA runs exactly the model's convolutions and dots.
   assert profiles["train_bfloat16_fused_b8"]["gflop"] == pytest.approx(
     train["gflop_per_iter"], rel=1e-3)
