@@ -192,16 +192,16 @@ def generator_step(
 
     # The recognizer (SphereFace, or FaceNet with its BatchNorm folded) has no
     # batch statistics, so the five recognitions are one call on the
-    # concatenated crops: the same maths, one larger kernel.
+    # fused crops: the same maths, one larger kernel.
     crops = alignment.recognizer_crops(
-      jnp.concatenate([anon, recon, wrong, anon2, wrong2]),
-      jnp.tile(batch["landmarks"], (5, 1, 1)), config.data.landmark_frame,
+      _fuse([anon, recon, wrong, anon2, wrong2]),
+      jnp.repeat(batch["landmarks"], 5, axis=0), config.data.landmark_frame,
       config.model.recognizer,
     )
     (cos, phi), feats = models.sphereface.apply(
       {"params": disc_params["sphereface"]}, crops
     )
-    cos, phi, feats = (t.reshape((5, b) + t.shape[1:]) for t in (cos, phi, feats))
+    cos, phi, feats = (_split(t, 5) for t in (cos, phi, feats))
     fr = {
       name: losses.angle_softmax(
         cos[i], phi[i], labels, _angle_call(state.step, 5 + i, config)
@@ -356,15 +356,15 @@ def discriminator_step(
     fake_m, fake_r, fake_wr = jax.lax.with_sharding_constraint(
       (fake_m, fake_r, fake_wr), batch_sharding)
   crops = alignment.recognizer_crops(
-    jnp.concatenate([generated["anon"], generated["recon"], generated["wrong"], x]),
-    jnp.tile(batch["landmarks"], (4, 1, 1)), config.data.landmark_frame,
+    _fuse([generated["anon"], generated["recon"], generated["wrong"], x]),
+    jnp.repeat(batch["landmarks"], 4, axis=0), config.data.landmark_frame,
     config.model.recognizer,
   )
 
   def loss_fn(params):
     stats = state.disc.batch_stats["discriminator"]
     (cos, phi), _ = models.sphereface.apply({"params": params["sphereface"]}, crops)
-    cos, phi = (t.reshape((4, b) + t.shape[1:]) for t in (cos, phi))
+    cos, phi = (_split(t, 4) for t in (cos, phi))
     fr = {
       name: losses.angle_softmax(
         cos[i], phi[i], labels, _angle_call(state.step, 1 + i, config)
