@@ -132,3 +132,9 @@ def test_untagged_kernels_fall_back_to_the_xla_ops_line(tmp_path):
 def test_a_folder_without_a_trace_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="no \\*.trace.json.gz"):
     profile_summary.summarize(str(tmp_path), [_HLO], calls=1)
+  with pytest.raises(FileNotFoundError, match="no \\*.hlo.txt.gz"):
+    profile_summary.summarize_dir(str(tmp_path), calls=1)
+  profile_summary.save_hlo(str(tmp_path), [_HLO])
+  assert (tmp_path / "jit_step.hlo.txt.gz").exists()
+  with pytest.raises(FileNotFoundError, match="no \\*.trace.json.gz"):
+    profile_summary.summarize_dir(str(tmp_path), calls=1)
