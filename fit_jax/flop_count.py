@@ -157,6 +157,7 @@ class HloInstruction:
   shape: Shape | None  # the result's (a tuple's first element's)
   operands: tuple[str, ...]
   called: tuple[str, ...]  # computations it calls (fusion bodies, ...)
+  target: str  # a custom-call's target ("__cudnn$convForward"), else ""
   line: str
 
 
@@ -175,9 +176,10 @@ def parse_hlo_module(text: str) -> tuple[list[HloInstruction], str]:
         entry = computation if is_entry else entry
       continue
     name, result, opcode, rest = match.groups()
+    target = _TARGET.search(line)
     instructions.append(HloInstruction(
       computation, name, opcode, _first_shape(result), tuple(_operand_names(rest)),
-      tuple(_CALLS.findall(line)), line))
+      tuple(_CALLS.findall(line)), target.group(1) if target else "", line))
   return instructions, entry
 
 
@@ -234,10 +236,8 @@ def _window(line: str, spatial: int) -> tuple:
   return ints("stride", 1), pads, ints("lhs_dilate", 1), ints("rhs_dilate", 1)
 
 
-def _instruction_flops(opcode: str, out: Shape, operands: list[Shape | None],
+def _instruction_flops(opcode: str, target: str, out: Shape, operands: list[Shape | None],
                        line: str) -> float:
-  target_match = _TARGET.search(line)
-  target = target_match.group(1) if target_match else ""
   labels = _DIM_LABELS.search(line)
   if opcode == "convolution" or (opcode == "custom-call" and "cudnn$conv" in target):
     if labels is None or len(operands) < 2:
@@ -273,8 +273,9 @@ def _parse_hlo(text: str) -> tuple[dict[str, float], list[str]]:
   members: dict[str, list[str]] = collections.defaultdict(list)
   for i in instructions:
     members[i.computation].append(i.name)
-  own = {i.name: _instruction_flops(i.opcode, i.shape or (), [shapes.get(n) for n in i.operands],
-                                    i.line) for i in instructions}
+  own = {i.name: _instruction_flops(i.opcode, i.target, i.shape or (),
+                                    [shapes.get(n) for n in i.operands], i.line)
+         for i in instructions}
   calls = {i.name: i.called for i in instructions
            if i.opcode in ("fusion", "call", "async-start")}
 

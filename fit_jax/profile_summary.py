@@ -39,7 +39,6 @@ import re
 from fit_jax import flop_count
 
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
-_TARGET = re.compile(r'custom_call_target="([^"]*)"')
 _COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 _LAYOUT = ("copy", "transpose", "copy-start", "copy-done", "bitcast")
 # Derived trace lines that repeat the kernels' time on a device.
@@ -110,12 +109,11 @@ def parse_hlo(text: str) -> dict[str, HloOp]:
   for i in instructions:
     called = i.called[0] if i.called else ""
     body = set(bodies.get(called, ()))
-    target = _TARGET.search(i.line)
     op_name = _OP_NAME.search(i.line)
     # A fusion XLA made without metadata is named by what it computes.
     full = op_name.group(1) if op_name else body_op_names.get(called)
     scope, backward = scope_of(full) if full else ("(unnamed)", False)
-    ops[i.name] = HloOp(_category(i.opcode, body, target.group(1) if target else "", i.line),
+    ops[i.name] = HloOp(_category(i.opcode, body, i.target, i.line),
                         scope, backward, flops.get(i.name, 0.0))
   return ops
 
