@@ -468,6 +468,47 @@ def check_batch(batch, config, num_devices: int) -> None:
       )
 
 
+def _leaf_shapes(tree) -> dict[str, tuple]:
+  """{'gen.params.generator.conv_in.kernel': shape} for any pytree of arrays
+  or of orbax array metadata (whose paths use dict keys, not attributes)."""
+  shapes = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    names = (getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path)
+    shapes[".".join(str(n) for n in names)] = tuple(getattr(leaf, "shape", ()))
+  return shapes
+
+
+def _restore(manager, template, workdir: str):
+  """The newest checkpoint into the template's structure, shapes and shardings,
+  or one clear error when it was written for another state (another config,
+  or an older fit_jax whose state differed): orbax's own is a page long."""
+  step = manager.latest_step()
+  where = os.path.join(workdir, "checkpoints", str(step))
+  advice = "resume with the config that wrote it, or start a new --workdir"
+  try:
+    stored = ocp.StandardCheckpointer().metadata(os.path.join(where, "default"))
+    stored = _leaf_shapes(getattr(stored, "item_metadata", stored))
+  except (OSError, ValueError):  # unreadable metadata: the restore below tells
+    stored = {}
+  wanted = _leaf_shapes(template)
+  for name, shape in wanted.items():
+    if name in stored and stored[name] != shape:
+      raise ValueError(f"{where}: {name} has shape {stored[name]} in the checkpoint, "
+                       f"{shape} in this config; {advice}")
+  if stored:
+    for side, names in (("lacks", sorted(set(wanted) - set(stored))),
+                        ("has no place here for", sorted(set(stored) - set(wanted)))):
+      if names:
+        more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
+        raise ValueError(f"{where}: the checkpoint {side} {names[0]}{more}: it was written "
+                         f"for another training state; {advice}")
+  try:
+    return manager.restore(step, args=ocp.args.StandardRestore(template))
+  except ValueError as e:
+    raise ValueError(f"{where}: the checkpoint does not fit this config's training state "
+                     f"({str(e).splitlines()[0]}); {advice}") from e
+
+
 class TrainSteps:
   """The two update steps jitted once, with shardings and state donation.
 
@@ -577,9 +618,7 @@ def train_and_evaluate(config, workdir: str) -> ts.FitState:
   overrides = None if resuming else pretrained.initial_overrides(config)
   state = ts.create_train_state(config, models, init_key, mesh, overrides)
   if resuming:
-    state = manager.restore(
-      manager.latest_step(), args=ocp.args.StandardRestore(state)
-    )
+    state = _restore(manager, state, workdir)
   steps = TrainSteps(models, config, mesh, state)
   num_steps = config.train.num_steps
   if num_steps <= 0:

@@ -23,6 +23,16 @@ def test_train_writes_outputs_and_resumes(tmp_path):
   resumed = train.train_and_evaluate(config, str(tmp_path))
   assert int(resumed.step) == 3
   assert "3" in os.listdir(tmp_path / "checkpoints")
+  # A workdir written for another state: one clear error naming the checkpoint.
+  checkpoint = str(tmp_path / "checkpoints" / "3")
+  other_norm = tiny.get_config()
+  other_norm.model.norm = "instance"  # no running statistics in the state
+  with pytest.raises(ValueError, match=f"{checkpoint}: the checkpoint has no place here for .*batch_stats"):
+    train.train_and_evaluate(other_norm, str(tmp_path))
+  wider = tiny.get_config()
+  wider.model.generator.ngf *= 2
+  with pytest.raises(ValueError, match=f"{checkpoint}: gen.params.generator.*has shape"):
+    train.train_and_evaluate(wider, str(tmp_path))
 
 
 def test_non_finite_loss_names_step_and_term():
