@@ -156,6 +156,7 @@ class HloInstruction:
   opcode: str
   shape: Shape | None  # the result's (a tuple's first element's)
   operands: tuple[str, ...]
+  inline_shapes: tuple[Shape | None, ...]  # operand shapes printed in the call, if any
   called: tuple[str, ...]  # computations it calls (fusion bodies, ...)
   target: str  # a custom-call's target ("__cudnn$convForward"), else ""
   line: str
@@ -177,9 +178,11 @@ def parse_hlo_module(text: str) -> tuple[list[HloInstruction], str]:
       continue
     name, result, opcode, rest = match.groups()
     target = _TARGET.search(line)
+    operands = _operands(rest)
     instructions.append(HloInstruction(
-      computation, name, opcode, _first_shape(result), tuple(_operand_names(rest)),
-      tuple(_CALLS.findall(line)), target.group(1) if target else "", line))
+      computation, name, opcode, _first_shape(result), tuple(n for n, _ in operands),
+      tuple(shape for _, shape in operands), tuple(_CALLS.findall(line)),
+      target.group(1) if target else "", line))
   return instructions, entry
 
 
@@ -190,8 +193,8 @@ def _first_shape(text: str) -> Shape | None:
   return tuple(int(d) for d in match.group(1).split(",") if d)
 
 
-def _operand_names(rest: str) -> list[str]:
-  """Operand names from the text after 'opcode(' (shapes may be inline)."""
+def _operands(rest: str) -> list[tuple[str, Shape | None]]:
+  """(name, inline shape) of each operand, from the text after 'opcode('."""
   depth, end = 0, len(rest)
   for i, char in enumerate(rest):
     if char in "([{":
@@ -209,7 +212,7 @@ def _operand_names(rest: str) -> list[str]:
       depth -= 1
     if char == "," and depth == 0:
       if current.strip():
-        names.append(current.split()[-1].lstrip("%"))
+        names.append((current.split()[-1].lstrip("%"), _first_shape(current)))
       current = ""
     else:
       current += char
@@ -274,7 +277,8 @@ def _parse_hlo(text: str) -> tuple[dict[str, float], list[str]]:
   for i in instructions:
     members[i.computation].append(i.name)
   own = {i.name: _instruction_flops(i.opcode, i.target, i.shape or (),
-                                    [shapes.get(n) for n in i.operands], i.line)
+                                    [inline or shapes.get(n) for n, inline in
+                                     zip(i.operands, i.inline_shapes)], i.line)
          for i in instructions}
   calls = {i.name: i.called for i in instructions
            if i.opcode in ("fusion", "call", "async-start")}

@@ -149,6 +149,11 @@ def test_cudnn_and_cublas_custom_calls():
   }
   # The fusion's body is not counted twice in the module.
   assert flop_count.hlo_module_flops(_GPU_HLO) == 3 * conv_flops + 2 * gemm_flops
+  # Operands printed as shapes alone (as XLA's logs print an instruction).
+  bare = ('  %c = (bf16[32,3,3,8]{3,2,1,0}, u8[0]{0}) custom-call(bf16[4,16,16,8]{3,2,1,0}, '
+          'bf16[4,8,8,32]{3,2,1,0}), window={size=3x3 stride=2x2 pad=1_1x1_1}, '
+          'dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convBackwardFilter"')
+  assert flop_count.hlo_flops(bare) == {"c": conv_flops}
 
 
 def test_peaks():
