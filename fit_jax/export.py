@@ -15,6 +15,7 @@ signatures, built from TFLite builtin ops only (no Flex delegate needed).
 Imports TensorFlow (the `export` extra).
 """
 
+import dataclasses
 import os
 
 from absl import app, flags
@@ -38,6 +39,9 @@ def export_saved_model(checkpoint: str, out_dir: str, image_size: int = 128) -> 
       f"{checkpoint}: this generator has no running statistics (norm=batch_stats), "
       "so its output depends on the batch; export a norm=batch checkpoint"
     )
+  # TFLite has builtins for jnp.pad's concatenations, none for the gather
+  # that pads in one pass on accelerators (batch size unknown until run time).
+  model = dataclasses.replace(model, reflect_pad_ops="concatenate")
   out_dir = os.path.abspath(out_dir)
   if os.path.exists(out_dir):
     raise FileExistsError(f"{out_dir} exists; choose a new --out directory")

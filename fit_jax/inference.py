@@ -69,9 +69,9 @@ def fold_batch_norm(
     shift = norm["bias"] - mean * scale
     _set(params, conv_path, _get(params, conv_path) * scale)
     if has_bias:
-      bias_path = conv_path[:-1] + ("bias",)
-      shift = shift + _get(params, bias_path) * scale
-      _set(params, bias_path, jnp.zeros_like(shift))
+      # The folded generator's convolution has no bias of its own.
+      conv = _get(params, conv_path[:-1])
+      shift = shift + conv.pop("bias") * scale
     _set(params, norm_path, {"bias": shift})
   folded = dataclasses.replace(model, norm="folded")
   return folded, {"params": params}

@@ -16,12 +16,15 @@ from fit_jax.models import layers
 
 Dtype = Any
 
+UPSAMPLE_MODES = ("resize_conv", "subpixel")
+
 
 class ResnetBlock(nn.Module):
   """reflect-pad, conv3x3, norm, ReLU, reflect-pad, conv3x3, norm, + identity."""
 
   norm: str
   norm_group_size: int
+  reflect_pad_ops: str = "gather"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -33,7 +36,7 @@ class ResnetBlock(nn.Module):
         x.shape[-1], (3, 3), padding="VALID", use_bias=False,
         kernel_init=layers.conv_init, dtype=self.dtype,
         param_dtype=self.param_dtype, name=f"conv_{i}",
-      )(layers.reflect_pad(y, 1))
+      )(layers.reflect_pad(y, 1, ops=self.reflect_pad_ops))
       y = layers.Norm(
         self.norm, self.norm_group_size, dtype=self.dtype,
         param_dtype=self.param_dtype, name=f"norm_{i}",
@@ -57,6 +60,9 @@ class Generator(nn.Module):
       3x3 conv) or `subpixel` (the same function and parameters computed as
       four 2x2 convolutions on the low-resolution map, 2.25x fewer FLOPs in
       these layers; see _subpixel_resize_conv).
+    reflect_pad_ops: `gather` (one pass over memory per padding) or
+      `concatenate` (jnp.pad's ops, for TFLite export); see
+      layers.reflect_pad. The same values either way.
   """
 
   password_bits: int = 16
@@ -66,8 +72,12 @@ class Generator(nn.Module):
   norm: str = "batch_stats"
   norm_group_size: int = 0
   upsample: str = "resize_conv"
+  reflect_pad_ops: str = "gather"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+
+  def _pad(self, x, pad, upsample=1):
+    return layers.reflect_pad(x, pad, upsample, ops=self.reflect_pad_ops)
 
   def _norm(self, name):
     return layers.Norm(
@@ -93,6 +103,8 @@ class Generator(nn.Module):
       [B, H, W, 3] in [-1, 1] (tanh), float32.
     """
     n = self.password_bits
+    if self.upsample not in UPSAMPLE_MODES:
+      raise ValueError(f"upsample {self.upsample!r} is not one of {UPSAMPLE_MODES}")
     if images.ndim != 4 or images.shape[-1] != 3:
       raise ValueError(f"images must be [B, H, W, 3]; got {images.shape}")
     if password.shape != (images.shape[0], n):
@@ -108,7 +120,7 @@ class Generator(nn.Module):
     # per-image bias z @ sum_{kh,kw} W[..., 3:, :]. This replaces 16 of the 19
     # input channels with a matmul; the parameter keeps the reference shape.
     x = jax.lax.conv_general_dilated(
-      layers.reflect_pad(images.astype(self.dtype), 3),
+      self._pad(images.astype(self.dtype), 3),
       kernel[:, :, :3].astype(self.dtype),
       window_strides=(1, 1), padding="VALID",
       dimension_numbers=("NHWC", "HWIO", "NHWC"),
@@ -117,7 +129,10 @@ class Generator(nn.Module):
       password.astype(jnp.float32),
       jnp.sum(kernel[:, :, 3:].astype(jnp.float32), axis=(0, 1)),
     )
-    x = x + password_bias[:, None, None, :].astype(self.dtype)
+    # Added in float32, as the normalisation computes anyway: in bfloat16,
+    # XLA on GPU would make this per-image bias a full-size side input of the
+    # cuDNN call (a materialised broadcast, two extra passes over the map).
+    x = x.astype(jnp.float32) + password_bias[:, None, None, :]
     x = nn.relu(self._norm("norm_in")(x, train, stat_groups))
 
     features = self.ngf
@@ -127,36 +142,36 @@ class Generator(nn.Module):
         features, (3, 3), strides=(2, 2), padding="VALID", use_bias=False,
         kernel_init=layers.conv_init, dtype=self.dtype,
         param_dtype=self.param_dtype, name=f"down_{i}",
-      )(layers.reflect_pad(x, 1))
+      )(self._pad(x, 1))
       x = nn.relu(self._norm(f"down_norm_{i}")(x, train, stat_groups))
 
     for i in range(self.num_blocks):
       x = ResnetBlock(
-        self.norm, self.norm_group_size, dtype=self.dtype,
+        self.norm, self.norm_group_size, self.reflect_pad_ops, dtype=self.dtype,
         param_dtype=self.param_dtype, name=f"block_{i}",
       )(x, train, stat_groups)
 
     for i in range(self.num_downsampling):
       features //= 2
       # Resize-convolution (`use_resize_conv: True`): nearest x2, then a 3x3
-      # convolution that, unlike the others, keeps its bias.
+      # convolution that, unlike the others, keeps its bias. Folded models
+      # carry it in the norm's bias (fit_jax.inference): one bias per
+      # output channel is what XLA fuses into the cuDNN call.
       conv = nn.Conv(
-        features, (3, 3), padding="VALID", use_bias=True,
+        features, (3, 3), padding="VALID", use_bias=self.norm != "folded",
         kernel_init=layers.conv_init, dtype=self.dtype,
         param_dtype=self.param_dtype, name=f"up_{i}",
       )
       if self.upsample == "subpixel":
         x = _subpixel_resize_conv(conv, x, self.dtype)
       else:
-        b, h, w, c = x.shape
-        x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
-        x = conv(layers.reflect_pad(x.reshape(b, 2 * h, 2 * w, c), 1))
+        x = conv(self._pad(x, 1, upsample=2))
       x = nn.relu(self._norm(f"up_norm_{i}")(x, train, stat_groups))
 
     x = nn.Conv(
       3, (7, 7), padding="VALID", use_bias=True, kernel_init=layers.conv_init,
       dtype=self.dtype, param_dtype=self.param_dtype, name="conv_out",
-    )(layers.reflect_pad(x, 3))
+    )(self._pad(x, 3))
     # No global skip connection: the output is the tanh itself.
     return jnp.tanh(x.astype(jnp.float32))
 
@@ -177,7 +192,6 @@ def _subpixel_resize_conv(conv: nn.Conv, x: jax.Array, dtype) -> jax.Array:
   # Create (or fetch) the conv's parameters through the module itself.
   conv(jnp.zeros((1, 3, 3, c), x.dtype))
   kernel = conv.variables["params"]["kernel"].astype(dtype)
-  bias = conv.variables["params"]["bias"].astype(dtype)
   taps = (
     lambda k: jnp.stack([k[0], k[1] + k[2]]),  # phase 0
     lambda k: jnp.stack([k[0] + k[1], k[2]]),  # phase 1
@@ -194,4 +208,7 @@ def _subpixel_resize_conv(conv: nn.Conv, x: jax.Array, dtype) -> jax.Array:
         window, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")))
     rows.append(jnp.stack(cols, axis=3))  # [B, H, W, 2(b), Cout]
   out = jnp.stack(rows, axis=2)  # [B, H, 2(a), W, 2(b), Cout]
-  return out.reshape(b, 2 * h, 2 * w, -1) + bias
+  out = out.reshape(b, 2 * h, 2 * w, -1)
+  if "bias" in conv.variables["params"]:
+    out = out + conv.variables["params"]["bias"].astype(dtype)
+  return out
