@@ -68,6 +68,10 @@ def get_config() -> ml_collections.ConfigDict:
   # 3x3 conv) or subpixel (the same function and parameters as four 2x2
   # convolutions on the low-resolution map: 2.25x fewer FLOPs there).
   config.model.generator.upsample = "resize_conv"
+  # How reflect padding is computed (same values): gather (one pass over
+  # memory, nearest upsampling folded in) or concatenate (jnp.pad's ops; two
+  # passes on GPU, what the TFLite export uses).
+  config.model.generator.reflect_pad_ops = "gather"
   config.model.discriminator = ml_collections.ConfigDict()
   # Filters of the first PatchGAN layer (ndf) and its stride-2 layers.
   config.model.discriminator.ndf = 64

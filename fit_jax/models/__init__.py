@@ -44,7 +44,8 @@ def build_models(model_config) -> Models:
     generator=Generator(
       password_bits=model_config.password_bits, ngf=g.ngf,
       num_downsampling=g.num_downsampling, num_blocks=g.num_blocks,
-      upsample=g.get("upsample", "resize_conv"), dtype=dtype, **norm,
+      upsample=g.get("upsample", "resize_conv"),
+      reflect_pad_ops=g.get("reflect_pad_ops", "gather"), dtype=dtype, **norm,
     ),
     discriminator=MultiScaleDiscriminator(
       ndf=d.ndf, num_layers=d.num_layers, dtype=dtype, **norm
