@@ -142,12 +142,25 @@ def _profile(name: str, run, hlo_texts: list[str]) -> dict | None:
   return {"mode": "profile", "of": name, "trace_dir": trace_dir, **summary}
 
 
-def bench_train(config, batch_size: int, iters: int, variant: str = "fused") -> dict:
+def train_config(config, batch_size: int, variant: str):
+  """The config a training measurement of this batch and variant uses."""
   config = config.copy_and_resolve_references()
   config.train.batch_size = batch_size
   config.train.fuse_calls = variant == "fused"
   if config.model.norm_group_size and batch_size % config.model.norm_group_size:
     config.model.norm_group_size = 0
+  return config
+
+
+def infer_config(config):
+  """The config an inference measurement uses: per-image deterministic."""
+  config = config.copy_and_resolve_references()
+  config.model.norm = "batch"
+  return config
+
+
+def bench_train(config, batch_size: int, iters: int, variant: str = "fused") -> dict:
+  config = train_config(config, batch_size, variant)
   models = models_lib.build_models(config.model)
   mesh = train_state.make_mesh()
   key = jax.random.PRNGKey(0)
@@ -199,8 +212,7 @@ def bench_train(config, batch_size: int, iters: int, variant: str = "fused") -> 
 
 
 def bench_infer(config, batch_size: int, iters: int, variant: str = "folded") -> dict:
-  config = config.copy_and_resolve_references()
-  config.model.norm = "batch"  # per-image deterministic inference
+  config = infer_config(config)
   models = models_lib.build_models(config.model)
   size = config.data.image_size
   n = config.model.password_bits

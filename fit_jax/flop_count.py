@@ -155,6 +155,7 @@ class HloInstruction:
   name: str
   opcode: str
   shape: Shape | None  # the result's (a tuple's first element's)
+  result_type: str  # as printed: "bf16[8,32]{1,0}", "(f32[4], u8[0])"
   operands: tuple[str, ...]
   inline_shapes: tuple[Shape | None, ...]  # operand shapes printed in the call, if any
   called: tuple[str, ...]  # computations it calls (fusion bodies, ...)
@@ -180,7 +181,7 @@ def parse_hlo_module(text: str) -> tuple[list[HloInstruction], str]:
     target = _TARGET.search(line)
     operands = _operands(rest)
     instructions.append(HloInstruction(
-      computation, name, opcode, _first_shape(result), tuple(n for n, _ in operands),
+      computation, name, opcode, _first_shape(result), result, tuple(n for n, _ in operands),
       tuple(shape for _, shape in operands), tuple(_CALLS.findall(line)),
       target.group(1) if target else "", line))
   return instructions, entry

@@ -1,0 +1,144 @@
+"""What a compiled XLA program does, op by op: kernels, FLOPs, memory traffic.
+
+Reads an optimised HLO module's text (`compiled.as_text()`), so it works on
+programs compiled for an accelerator this machine does not have (see
+fit_jax.static_benchmark). Each top-level op of the ENTRY computation is one
+kernel (a fusion, a cuDNN or cuBLAS call, a copy); its traffic is the bytes
+it writes plus the bytes it reads, where an operand that the fused body only
+slices or gathers from counts the slices' bytes, not the whole operand.
+
+`summarize` adds a roofline floor: each op takes at least its FLOPs at the
+device's peak and its bytes at the device's bandwidth. Real kernels are
+slower (cuDNN rarely runs at peak); the floor's use is comparing two versions
+of a program, and seeing which ops move the most memory.
+"""
+
+import collections
+import dataclasses
+import re
+
+from fit_jax import flop_count
+
+_BYTES = {
+  "pred": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "s16": 2, "u16": 2,
+  "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8,
+  "c64": 8, "c128": 16,
+}
+_ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([\d,]*)\]")
+# Ops that launch no kernel or only name a buffer.
+_FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all",
+         "partition-id", "replica-id"}
+# A fused parameter read only through these ops costs their outputs' bytes.
+_PARTIAL_READS = {"slice", "dynamic-slice", "gather"}
+
+
+@dataclasses.dataclass(frozen=True)
+class OpTraffic:
+  name: str
+  category: str  # "cudnn$convForward", "loop_gather_fusion", "copy", ...
+  flops: float
+  bytes_read: int
+  bytes_written: int
+
+
+def array_bytes(type_text: str) -> int:
+  """Bytes of every array in a printed HLO type ("(bf16[2,3]{1,0}, u8[0])")."""
+  total = 0
+  for dtype, dims in _ARRAY.findall(type_text):
+    if dtype in _BYTES:
+      count = 1
+      for d in dims.split(","):
+        count *= int(d) if d else 1
+      total += count * _BYTES[dtype]
+  return total
+
+
+def _category(op: flop_count.HloInstruction) -> str:
+  if op.target:
+    return op.target
+  if op.opcode == "fusion":
+    return re.sub(r"(\.\d+)+$", "", op.name)
+  return op.opcode
+
+
+def _written(op: flop_count.HloInstruction) -> int:
+  if op.opcode == "custom-call" and op.result_type.startswith("("):
+    # A library call's tuple ends with its scratch space (u8[...]): not data.
+    parts = re.findall(r"[a-z][a-z0-9]*\[[\d,]*\]", op.result_type)
+    return sum(array_bytes(p) for p in parts if not p.startswith("u8["))
+  return array_bytes(op.result_type)
+
+
+def entry_traffic(hlo_text: str) -> list[OpTraffic]:
+  """One OpTraffic per kernel of the module's ENTRY computation, in order."""
+  instructions, entry = flop_count.parse_hlo_module(hlo_text)
+  flops = flop_count.hlo_flops(hlo_text)
+  by_name = {i.name: i for i in instructions}
+  body: dict[str, list[flop_count.HloInstruction]] = collections.defaultdict(list)
+  for i in instructions:
+    body[i.computation].append(i)
+
+  def operand_reads(op) -> list[int]:
+    reads = [array_bytes(by_name[n].result_type) if n in by_name else 0 for n in op.operands]
+    if op.opcode != "fusion" or not op.called:
+      return reads
+    members = body.get(op.called[0], [])
+    params = {int(m.line.split("parameter(")[1].split(")")[0]): m.name
+              for m in members if m.opcode == "parameter"}
+    for index, param in params.items():
+      users = [m for m in members if param in m.operands]
+      # Only the data operand of a slice or gather is read partially.
+      if index < len(reads) and users and all(
+          u.opcode in _PARTIAL_READS and u.operands[0] == param for u in users):
+        reads[index] = min(reads[index], sum(array_bytes(u.result_type) for u in users))
+    return reads
+
+  ops = []
+  for op in instructions:
+    if op.computation != entry or op.opcode in _FREE:
+      continue
+    ops.append(OpTraffic(op.name, _category(op), flops.get(op.name, 0.0),
+                         sum(operand_reads(op)), _written(op)))
+  return ops
+
+
+def summarize(hlo_texts: list[str], peak_flops: float | None = None,
+              bandwidth: float | None = None, top: int = 12) -> dict:
+  """Totals, per-category totals and the heaviest kernels of the modules.
+
+  With the device's peak FLOP/s and memory bandwidth (bytes/s), also the
+  roofline floor in milliseconds, split into ops with FLOPs (convolutions,
+  matmuls) and memory-only ops.
+  """
+  ops = [op for text in hlo_texts for op in entry_traffic(text)]
+
+  def floor_ms(op: OpTraffic) -> float:
+    return 1e3 * max(op.flops / peak_flops, (op.bytes_read + op.bytes_written) / bandwidth)
+
+  timed = bool(peak_flops and bandwidth)
+  categories: dict[str, dict] = {}
+  for op in ops:
+    c = categories.setdefault(op.category, {"kernels": 0, "gflop": 0.0, "gbytes": 0.0})
+    c["kernels"] += 1
+    c["gflop"] += op.flops / 1e9
+    c["gbytes"] += (op.bytes_read + op.bytes_written) / 1e9
+    if timed:
+      c["floor_ms"] = c.get("floor_ms", 0.0) + floor_ms(op)
+  order = sorted(categories, key=lambda k: -categories[k]["gbytes"])
+  summary = {
+    "kernels": len(ops),
+    "gflop": sum(op.flops for op in ops) / 1e9,
+    "gbytes": sum(op.bytes_read + op.bytes_written for op in ops) / 1e9,
+    "gbytes_memory_only_ops": sum(
+      op.bytes_read + op.bytes_written for op in ops if not op.flops) / 1e9,
+    "by_category": {k: {f: round(v, 3) for f, v in categories[k].items()} for k in order},
+    "heaviest": [
+      {"name": op.name, "category": op.category, "gflop": round(op.flops / 1e9, 2),
+       "mbytes": round((op.bytes_read + op.bytes_written) / 1e6, 1)}
+      for op in sorted(ops, key=lambda o: -(o.bytes_read + o.bytes_written))[:top]],
+  }
+  if timed:
+    summary["floor_ms"] = sum(floor_ms(op) for op in ops)
+    summary["floor_ms_ops_with_flops"] = sum(floor_ms(op) for op in ops if op.flops)
+    summary["floor_ms_memory_only_ops"] = sum(floor_ms(op) for op in ops if not op.flops)
+  return summary

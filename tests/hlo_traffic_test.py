@@ -1,0 +1,111 @@
+"""Kernels, FLOPs and bytes of compiled programs, and the static benchmark
+that compiles the benchmark's programs without running them."""
+
+import importlib.util
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from fit_jax import hlo_traffic
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# A GPU-style module: a cuDNN call with scratch space, a fusion that only
+# slices its operand, and one that reads two operands in full.
+_MODULE = """HloModule m
+
+%fused_slice (p0: bf16[8,64,64,32]) -> bf16[8,1,1,32] {
+  %p0 = bf16[8,64,64,32]{3,2,1,0} parameter(0)
+  ROOT %s = bf16[8,1,1,32]{3,2,1,0} slice(%p0), slice={[0:8], [32:33], [32:33], [0:32]}
+}
+
+%fused_add (p0.1: bf16[8,64,64,32], p1.1: bf16[8,1,1,32]) -> bf16[8,64,64,32] {
+  %p0.1 = bf16[8,64,64,32]{3,2,1,0} parameter(0)
+  %p1.1 = bf16[8,1,1,32]{3,2,1,0} parameter(1)
+  %b = bf16[8,64,64,32]{3,2,1,0} broadcast(%p1.1), dimensions={0,1,2,3}
+  ROOT %a = bf16[8,64,64,32]{3,2,1,0} add(%p0.1, %b)
+}
+
+ENTRY %main (x: bf16[8,64,64,32], w: bf16[32,3,3,32]) -> bf16[8,64,64,32] {
+  %x = bf16[8,64,64,32]{3,2,1,0} parameter(0)
+  %w = bf16[32,3,3,32]{3,2,1,0} parameter(1)
+  %conv = (bf16[8,64,64,32]{3,2,1,0}, u8[4096]{0}) custom-call(%x, %w), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convForward"
+  %gte = bf16[8,64,64,32]{3,2,1,0} get-tuple-element(%conv), index=0
+  %loop_slice_fusion = bf16[8,1,1,32]{3,2,1,0} fusion(%gte), kind=kLoop, calls=%fused_slice
+  ROOT %loop_add_fusion.3 = bf16[8,64,64,32]{3,2,1,0} fusion(%gte, %loop_slice_fusion), kind=kLoop, calls=%fused_add
+}
+"""
+
+
+def test_kernels_flops_and_bytes_of_a_module():
+  image = 8 * 64 * 64 * 32 * 2
+  ops = {op.name: op for op in hlo_traffic.entry_traffic(_MODULE)}
+  assert sorted(ops) == ["conv", "loop_add_fusion.3", "loop_slice_fusion"]
+  conv = ops["conv"]
+  assert conv.category == "__cudnn$convForward"
+  # Taps on real pixels only: (3 * 64 - 2) per axis with padding 1.
+  assert conv.flops == 2 * 8 * 32 * 32 * (3 * 64 - 2) ** 2
+  # The scratch space is not data; the kernel's bytes are.
+  assert (conv.bytes_read, conv.bytes_written) == (image + 32 * 9 * 32 * 2, image)
+  # Slicing one pixel per channel reads that pixel, not the whole map.
+  assert (ops["loop_slice_fusion"].bytes_read, ops["loop_slice_fusion"].bytes_written) == (
+    8 * 32 * 2, 8 * 32 * 2)
+  assert ops["loop_add_fusion.3"].bytes_read == image + 8 * 32 * 2
+  assert ops["loop_add_fusion.3"].category == "loop_add_fusion"
+
+  summary = hlo_traffic.summarize([_MODULE], peak_flops=1e12, bandwidth=1e9)
+  assert summary["kernels"] == 3
+  assert summary["gbytes"] == pytest.approx(sum(
+    o.bytes_read + o.bytes_written for o in ops.values()) / 1e9)
+  assert summary["gbytes_memory_only_ops"] < summary["gbytes"]
+  # At 1 GB/s every kernel is bound by its bytes.
+  assert summary["floor_ms"] == pytest.approx(summary["gbytes"] * 1e3)
+  assert summary["floor_ms"] == pytest.approx(
+    summary["floor_ms_ops_with_flops"] + summary["floor_ms_memory_only_ops"])
+  assert [h["name"] for h in summary["heaviest"]] == ["conv", "loop_add_fusion.3", "loop_slice_fusion"]
+  assert "floor_ms" not in hlo_traffic.summarize([_MODULE])
+
+
+def test_static_benchmark_compiles_without_running(tmp_path):
+  """On this machine's CPU: both training steps and inference, with model
+  FLOPs equal to the executed ones and every kernel in one category."""
+  command = [
+    sys.executable, "-m", "fit_jax.static_benchmark", "--config", "configs/tiny.py",
+    "--dtypes", "bfloat16", "--train_batch", "8", "--infer_batch", "4",
+    "--infer_variants", "folded",
+  ]
+  done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-2000:]
+  results = {r["mode"]: r for r in map(json.loads, filter(
+    lambda line: line.startswith("{"), done.stdout.splitlines()))}
+  train, infer = results["train_iteration"], results["generator_inference"]
+  assert len(train["kernels_by_program"]) == 2 and len(infer["kernels_by_program"]) == 1
+  for r in (train, infer):
+    assert r["executed_over_model"] == pytest.approx(1, abs=0.05)
+    assert r["gflop"] == pytest.approx(r["gflop_model"] * r["executed_over_model"], rel=1e-6)
+    assert r["gbytes"] > r["gbytes_memory_only_ops"] > 0 and "floor_ms" not in r
+    assert sum(c["kernels"] for c in r["by_category"].values()) == r["kernels"]
+    assert sum(c["gflop"] for c in r["by_category"].values()) == pytest.approx(
+      r["gflop"], rel=1e-3)
+
+
+def test_static_benchmark_target_errors_and_gpu_target(tmp_path):
+  from fit_jax import static_benchmark
+
+  with pytest.raises(ValueError, match="--target .*missing.txtpb: No such file"):
+    static_benchmark.target_device(str(tmp_path / "missing.txtpb"))
+  target = str(ROOT / "benchmarks/targets/h200.txtpb")
+  assert static_benchmark.memory_bandwidth(target) == 4.8e12
+  try:
+    has_plugin = importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
+  except ModuleNotFoundError:
+    has_plugin = False
+  if not has_plugin:
+    # CI has no CUDA plugin: the error says what to install.
+    with pytest.raises(ValueError, match=r"needs JAX's CUDA plugin \(pip install 'jax\[cuda12\]"):
+      static_benchmark.target_device(target)
+  else:
+    assert "H200" in static_benchmark.target_device(target).device_kind
