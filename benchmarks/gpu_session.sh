@@ -33,10 +33,13 @@ bench() {  # name, then benchmark flags
   local name=$1
   shift
   echo "== $name" >&2
+  local log=/tmp/fit_jax_$name.stderr
   python3 -m fit_jax.benchmark --config "$CONFIG" --train_batch "$TRAIN_BATCH" \
-    --infer_batch "$INFER_BATCH" --iters "$ITERS" "$@" 2> "$OUT/$name.stderr" \
+    --infer_batch "$INFER_BATCH" --iters "$ITERS" "$@" 2> "$log" \
     | grep '^{' | sed "s/^{/{\"run\": \"$name\", /" | tee -a "$OUT/results.jsonl"
-  tail -n 3 "$OUT/$name.stderr" >&2
+  # One log for all runs: at most 8 files come back from a device call.
+  { echo "== $name"; cat "$log"; } >> "$OUT/stderr.log"
+  tail -n 3 "$log" >&2
 }
 
 # 1. The default path, bf16, with a profile: where the time goes.
@@ -46,6 +49,10 @@ bench bf16_resize_conv --dtypes bfloat16 --train_variants fused --infer_variants
 # (files over the 16 MB that come back are skipped).
 find "$PROFILES/resize_conv" -name '*.trace.json.gz' -path '*train_*' -size -16M \
   -exec cp {} "$OUT/train_bf16.trace.json.gz" \; 2>/dev/null
+# 1b. Inference with jnp.pad's reflect padding (two passes per padding, the
+# code the 399 img/s figure ran) against run 1's one-gather padding; seconds.
+bench bf16_concatenate_pad --modes infer --dtypes bfloat16 --infer_variants folded \
+  --config.model.generator.reflect_pad_ops=concatenate
 # 2. Sub-pixel upsampling (same function, 9 % fewer generator FLOPs).
 bench bf16_subpixel --dtypes bfloat16 --train_variants fused --infer_variants folded \
   --config.model.generator.upsample=subpixel --profile_dir "$PROFILES/subpixel"

@@ -190,7 +190,7 @@ class Norm(nn.Module):
 def _moments(x: jax.Array, axes: tuple[int, ...]):
   """Mean and biased variance, two-pass for float32 accuracy.
 
-  (A one-pass form, shifted sums of x - s and (x - s)^2, saved ~2 % of a
+  (A one-pass form, shifted sums of x - s and (x - s)^2, saved 1-2 % of a
   training iteration's memory traffic on an H200 target, but a data-derived
   shift s costs a collective wherever a norm group spans devices.)
   """
