@@ -146,7 +146,9 @@ _DIM_LABELS = re.compile(r"dim_labels=(\w+)_(\w+)->(\w+)")
 _LHS_CONTRACTING = re.compile(r"lhs_contracting_dims=\{([\d,]*)\}")
 _JSON_LHS_CONTRACTING = re.compile(r'"lhs_contracting_dimensions":\[([^\]]*)\]')
 _TARGET = re.compile(r'custom_call_target="([^"]*)"')
-_CALLS = re.compile(r"calls=\{?%?([\w.\-]+)")
+# Fusion bodies (calls=) and called computations (to_apply=: a call, such as
+# a GPU command buffer, or a reduction's combiner).
+_CALLS = re.compile(r"(?:calls|to_apply)=\{?%?([\w.\-]+)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,8 @@
 Reads an optimised HLO module's text (`compiled.as_text()`), so it works on
 programs compiled for an accelerator this machine does not have (see
 fit_jax.static_benchmark). Each top-level op of the ENTRY computation is one
-kernel (a fusion, a cuDNN or cuBLAS call, a copy); its traffic is the bytes
+kernel (a fusion, a cuDNN or cuBLAS call, a copy; a `call`, such as a CUDA
+graph of several kernels, counts those kernels); its traffic is the bytes
 it writes plus the bytes it reads, where an operand that the fused body only
 slices or gathers from counts the slices' bytes, not the whole operand.
 
@@ -30,6 +31,7 @@ _FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "afte
          "partition-id", "replica-id"}
 # A fused parameter read only through these ops costs their outputs' bytes.
 _PARTIAL_READS = {"slice", "dynamic-slice", "gather"}
+_TO_APPLY = re.compile(r"to_apply=%?([\w.\-]+)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,13 +95,18 @@ def entry_traffic(hlo_text: str) -> list[OpTraffic]:
         reads[index] = min(reads[index], sum(array_bytes(u.result_type) for u in users))
     return reads
 
-  ops = []
-  for op in instructions:
-    if op.computation != entry or op.opcode in _FREE:
-      continue
-    ops.append(OpTraffic(op.name, _category(op), flops.get(op.name, 0.0),
-                         sum(operand_reads(op)), _written(op)))
-  return ops
+  def kernels(computation: str):
+    for op in body[computation]:
+      if op.opcode in _FREE:
+        continue
+      called = _TO_APPLY.search(op.line) if op.opcode == "call" else None
+      if called:  # a command buffer (CUDA graph) or other call: its kernels
+        yield from kernels(called.group(1))
+      else:
+        yield OpTraffic(op.name, _category(op), flops.get(op.name, 0.0),
+                        sum(operand_reads(op)), _written(op))
+
+  return list(kernels(entry))
 
 
 def summarize(hlo_texts: list[str], peak_flops: float | None = None,

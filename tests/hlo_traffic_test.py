@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from fit_jax import hlo_traffic
+from fit_jax import flop_count, hlo_traffic
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -67,6 +67,19 @@ def test_kernels_flops_and_bytes_of_a_module():
     summary["floor_ms_ops_with_flops"] + summary["floor_ms_memory_only_ops"])
   assert [h["name"] for h in summary["heaviest"]] == ["conv", "loop_add_fusion.3", "loop_slice_fusion"]
   assert "floor_ms" not in hlo_traffic.summarize([_MODULE])
+
+  # The same kernels inside a called computation (XLA's command buffers).
+  called = _MODULE.replace("ENTRY %main (x", "%graph (x").replace(
+    "ROOT %loop_add_fusion.3", "ROOT %loop_add_fusion.3").rstrip() + """
+
+ENTRY %main.2 (x.2: bf16[8,64,64,32], w.2: bf16[32,3,3,32]) -> bf16[8,64,64,32] {
+  %x.2 = bf16[8,64,64,32]{3,2,1,0} parameter(0)
+  %w.2 = bf16[32,3,3,32]{3,2,1,0} parameter(1)
+  ROOT %call = bf16[8,64,64,32]{3,2,1,0} call(%x.2, %w.2), to_apply=%graph
+}
+"""
+  assert hlo_traffic.entry_traffic(called) == list(ops.values())
+  assert flop_count.hlo_module_flops(called) == flop_count.hlo_module_flops(_MODULE) == conv.flops
 
 
 def test_static_benchmark_compiles_without_running(tmp_path):
