@@ -53,6 +53,10 @@ find "$PROFILES/resize_conv" -name '*.trace.json.gz' -path '*train_*' -size -16M
 # code the 399 img/s figure ran) against run 1's one-gather padding; seconds.
 bench bf16_concatenate_pad --modes infer --dtypes bfloat16 --infer_variants folded \
   --config.model.generator.reflect_pad_ops=concatenate
+# 1c. Inference with the RGB convolutions computed on 8 zero-filled channels:
+# whether cuDNN's 3-channel 7x7 kernels are slow.
+bench bf16_rgb8 --modes infer --dtypes bfloat16 --infer_variants folded \
+  --config.model.generator.rgb_channels=8
 # 2. Sub-pixel upsampling (same function, 9 % fewer generator FLOPs).
 bench bf16_subpixel --dtypes bfloat16 --train_variants fused --infer_variants folded \
   --config.model.generator.upsample=subpixel --profile_dir "$PROFILES/subpixel"

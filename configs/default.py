@@ -72,6 +72,10 @@ def get_config() -> ml_collections.ConfigDict:
   # memory, nearest upsampling folded in) or concatenate (jnp.pad's ops; two
   # passes on GPU, what the TFLite export uses).
   config.model.generator.reflect_pad_ops = "gather"
+  # Channels of the RGB input and output convolutions as computed: 3, or 8
+  # (zero-filled: the same values, 2.7x those layers' FLOPs; cuDNN's
+  # tensor-core kernels want multiples of 8). Parameters keep their shapes.
+  config.model.generator.rgb_channels = 3
   config.model.discriminator = ml_collections.ConfigDict()
   # Filters of the first PatchGAN layer (ndf) and its stride-2 layers.
   config.model.discriminator.ndf = 64

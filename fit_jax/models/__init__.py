@@ -45,7 +45,8 @@ def build_models(model_config) -> Models:
       password_bits=model_config.password_bits, ngf=g.ngf,
       num_downsampling=g.num_downsampling, num_blocks=g.num_blocks,
       upsample=g.get("upsample", "resize_conv"),
-      reflect_pad_ops=g.get("reflect_pad_ops", "gather"), dtype=dtype, **norm,
+      reflect_pad_ops=g.get("reflect_pad_ops", "gather"),
+      rgb_channels=g.get("rgb_channels", 3), dtype=dtype, **norm,
     ),
     discriminator=MultiScaleDiscriminator(
       ndf=d.ndf, num_layers=d.num_layers, dtype=dtype, **norm

@@ -63,6 +63,10 @@ class Generator(nn.Module):
     reflect_pad_ops: `gather` (one pass over memory per padding) or
       `concatenate` (jnp.pad's ops, for TFLite export); see
       layers.reflect_pad. The same values either way.
+    rgb_channels: channels the RGB input and output convolutions compute
+      with: 3, or more with zero-filled images and kernels (the same
+      values; cuDNN's fastest kernels want channel counts that are multiples
+      of 8). Parameters keep their shapes.
   """
 
   password_bits: int = 16
@@ -73,6 +77,7 @@ class Generator(nn.Module):
   norm_group_size: int = 0
   upsample: str = "resize_conv"
   reflect_pad_ops: str = "gather"
+  rgb_channels: int = 3
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -105,6 +110,8 @@ class Generator(nn.Module):
     n = self.password_bits
     if self.upsample not in UPSAMPLE_MODES:
       raise ValueError(f"upsample {self.upsample!r} is not one of {UPSAMPLE_MODES}")
+    if self.rgb_channels < 3:
+      raise ValueError(f"rgb_channels must be at least 3; got {self.rgb_channels}")
     if images.ndim != 4 or images.shape[-1] != 3:
       raise ValueError(f"images must be [B, H, W, 3]; got {images.shape}")
     if password.shape != (images.shape[0], n):
@@ -119,9 +126,11 @@ class Generator(nn.Module):
     # keeps them constant, so their share of the 7x7 convolution is exactly a
     # per-image bias z @ sum_{kh,kw} W[..., 3:, :]. This replaces 16 of the 19
     # input channels with a matmul; the parameter keeps the reference shape.
+    # Zero channels after RGB (rgb_channels), in the images and the kernel.
+    extra = self.rgb_channels - 3
     x = jax.lax.conv_general_dilated(
-      self._pad(images.astype(self.dtype), 3),
-      kernel[:, :, :3].astype(self.dtype),
+      self._pad(jnp.pad(images.astype(self.dtype), ((0, 0),) * 3 + ((0, extra),)), 3),
+      jnp.pad(kernel[:, :, :3].astype(self.dtype), ((0, 0), (0, 0), (0, extra), (0, 0))),
       window_strides=(1, 1), padding="VALID",
       dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
@@ -168,12 +177,33 @@ class Generator(nn.Module):
         x = conv(self._pad(x, 1, upsample=2))
       x = nn.relu(self._norm(f"up_norm_{i}")(x, train, stat_groups))
 
-    x = nn.Conv(
-      3, (7, 7), padding="VALID", use_bias=True, kernel_init=layers.conv_init,
-      dtype=self.dtype, param_dtype=self.param_dtype, name="conv_out",
-    )(self._pad(x, 3))
+    x = _OutputConv(self.rgb_channels, self.dtype, self.param_dtype, name="conv_out")(
+      self._pad(x, 3))
     # No global skip connection: the output is the tanh itself.
     return jnp.tanh(x.astype(jnp.float32))
+
+
+class _OutputConv(nn.Module):
+  """nn.Conv(3, (7, 7)) with its parameters, computing `channels` outputs of
+  which the ones past the third have zero kernels and are dropped."""
+
+  channels: int
+  dtype: Dtype
+  param_dtype: Dtype
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param(
+      "kernel", layers.conv_init, (7, 7, x.shape[-1], 3), self.param_dtype)
+    bias = self.param("bias", nn.initializers.zeros, (3,), self.param_dtype)
+    extra = self.channels - 3
+    y = jax.lax.conv_general_dilated(
+      x.astype(self.dtype),
+      jnp.pad(kernel.astype(self.dtype), ((0, 0),) * 3 + ((0, extra),)),
+      window_strides=(1, 1), padding="VALID",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    return y[..., :3] + bias.astype(self.dtype)
 
 
 def _subpixel_resize_conv(conv: nn.Conv, x: jax.Array, dtype) -> jax.Array:
