@@ -16,7 +16,9 @@ reports, per profiled call:
 - top_ops: the slowest instructions with their category and scope, and for
   convolutions and matrix products their GFLOP per call and achieved TFLOP/s
   (counted from the HLO shapes by flop_count, cuDNN and cuBLAS calls
-  included), so the inefficient layers stand out;
+  included), for every kernel its bytes moved and achieved GB/s
+  (hlo_traffic), so the inefficient layers and the slow memory kernels (a
+  gather, a scatter with atomics) stand out;
 - gflop (all devices together) and, per device, tflops_by_category and
   tflops_busy (the rate while a device is busy). With several devices each
   op's per-device FLOPs count once per device that ran it, and its time is
@@ -36,7 +38,7 @@ import json
 import os
 import re
 
-from fit_jax import flop_count
+from fit_jax import flop_count, hlo_traffic
 
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
@@ -51,6 +53,7 @@ class HloOp:
   scope: str
   backward: bool
   flops: float = 0.0  # per run of the module
+  bytes: int = 0  # read and written by the kernel (top-level ops only)
 
 
 def _category(opcode: str, body_opcodes: set[str], target: str, line: str) -> str:
@@ -105,6 +108,7 @@ def parse_hlo(text: str) -> dict[str, HloOp]:
     if op_name and "/" in op_name.group(1):
       body_op_names.setdefault(i.computation, op_name.group(1))
   flops = flop_count.hlo_flops(text)
+  traffic = {k.name: k.bytes_read + k.bytes_written for k in hlo_traffic.entry_traffic(text)}
   ops = {}
   for i in instructions:
     called = i.called[0] if i.called else ""
@@ -114,7 +118,7 @@ def parse_hlo(text: str) -> dict[str, HloOp]:
     full = op_name.group(1) if op_name else body_op_names.get(called)
     scope, backward = scope_of(full) if full else ("(unnamed)", False)
     ops[i.name] = HloOp(_category(i.opcode, body, i.target, i.line),
-                        scope, backward, flops.get(i.name, 0.0))
+                        scope, backward, flops.get(i.name, 0.0), traffic.get(i.name, 0))
   return ops
 
 
@@ -212,6 +216,7 @@ def summarize(trace_dir: str, hlo_texts: list[str], calls: int, top: int = 25) -
   # FLOPs per call: the op's per-device count on each device that ran it
   # (an op may run as several kernels on one device).
   op_flops: dict[str, float] = {}
+  op_bytes: dict[str, float] = {}
   op_devices: dict[str, set] = collections.defaultdict(set)
   device_spans: dict[object, list] = collections.defaultdict(list)
   for e in events:
@@ -232,6 +237,7 @@ def summarize(trace_dir: str, hlo_texts: list[str], calls: int, top: int = 25) -
     device = _device(e)
     op_devices[name].add(device)
     op_flops[name] = (op.flops if op else 0.0) * len(op_devices[name])
+    op_bytes[name] = (op.bytes if op else 0) * len(op_devices[name])
     device_spans[device].append((e["ts"], e["ts"] + e["dur"]))
   first = min(e["ts"] for e in events)
   last = max(e["ts"] + e["dur"] for e in events)
@@ -251,6 +257,9 @@ def summarize(trace_dir: str, hlo_texts: list[str], calls: int, top: int = 25) -
     entry = {"op": name, "category": info[name][0], "scope": info[name][1], "ms": round3(ms)}
     if op_flops[name]:
       entry.update(gflop=round(op_flops[name] / 1e9, 3), tflops=tflops(op_flops[name], ms))
+    if op_bytes[name]:
+      entry.update(mbytes=round(op_bytes[name] / 1e6, 3),
+                   gbps=round(op_bytes[name] / (ms * per_call) / 1e6, 1))
     return entry
 
   return {

@@ -110,6 +110,12 @@ def test_gpu_trace_layout_uses_streams_and_modules(tmp_path):
   assert top["tflops"] == pytest.approx(gflop / 0.6, abs=0.01)
   assert summary["tflops_busy"] == pytest.approx(gflop / 0.8, abs=0.01)
   assert "gflop" not in summary["top_ops"][1]  # a transpose does no FLOPs
+  # Every kernel's bytes (read + written) and achieved rate.
+  image = 8 * 32 * 32 * 64 * 2
+  assert top["mbytes"] == pytest.approx((2 * image + 3 * 3 * 64 * 64 * 2) / 1e6, abs=1e-3)
+  transpose = summary["top_ops"][1]
+  assert transpose["mbytes"] == pytest.approx(2 * image / 1e6, abs=1e-3)
+  assert transpose["gbps"] == pytest.approx(2 * image / 0.1e-3 / 1e9, abs=0.1)
 
 
 def test_untagged_kernels_fall_back_to_the_xla_ops_line(tmp_path):
