@@ -38,7 +38,14 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from fit_jax import benchmark, flop_count, hlo_traffic, inference, train, train_state  # noqa: E402
+from fit_jax import (  # noqa: E402
+  benchmark,
+  flop_count,
+  hlo_traffic,
+  inference,
+  train,
+  train_state,
+)
 from fit_jax import models as models_lib  # noqa: E402
 
 _TARGET = flags.DEFINE_string(
