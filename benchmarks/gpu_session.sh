@@ -9,10 +9,10 @@
 #     bash benchmarks/gpu_session.sh
 #
 # Each run is its own process (flags differ); a run cut off by the call's
-# limit leaves the lines of the runs before it. Profiles (jax.profiler
-# traces) stay under /tmp; their JSON summaries come back, the raw trace of
-# the bf16 training iteration as $OUT/train_bf16.trace.json.gz, and the bf16
-# runs' HLO and inference traces as $OUT/bf16_profiles.tar.
+# limit leaves the lines of the runs before it. With PROFILE=1, the default
+# run's profile (jax.profiler trace) stays under /tmp; its JSON summary comes
+# back, the raw training trace as $OUT/train_bf16.trace.json.gz, and the HLO
+# and inference trace as $OUT/bf16_profiles.tar.
 set -u -o pipefail
 OUT=${OUT:?set OUT to the folder for results.jsonl}
 CONFIG=${CONFIG:-configs/default.py}
@@ -20,6 +20,9 @@ TRAIN_BATCH=${TRAIN_BATCH:-48}
 INFER_BATCH=${INFER_BATCH:-256}
 ITERS=${ITERS:-10}
 PROFILES=${PROFILES:-/tmp/fit_jax_profiles}
+# Which runs, by name. A session has about 15 minutes of device time in all,
+# so one call measures variants and a later one what they decided.
+RUNS=${RUNS:-"bf16 f32 bf16_matmul_infer bf16_transposed_infer"}
 mkdir -p "$OUT"
 if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -32,6 +35,7 @@ python3 -c "import jax; print(jax.__version__, jax.devices())" | tee "$OUT/devic
 bench() {  # name, then benchmark flags
   local name=$1
   shift
+  case " $RUNS " in *" $name "*) ;; *) return 0 ;; esac
   echo "== $name" >&2
   local log=/tmp/fit_jax_$name.stderr
   python3 -m fit_jax.benchmark --config "$CONFIG" --train_batch "$TRAIN_BATCH" \
@@ -42,29 +46,26 @@ bench() {  # name, then benchmark flags
   tail -n 3 "$log" >&2
 }
 
-# 1. The default path, bf16, with a profile: where the time goes.
-bench bf16_resize_conv --dtypes bfloat16 --train_variants fused --infer_variants folded \
-  --profile_dir "$PROFILES/resize_conv"
-# The raw trace of the bf16 training iteration too, for a closer look later
-# (files over the 16 MB that come back are skipped).
-find "$PROFILES/resize_conv" -name '*.trace.json.gz' -path '*train_*' -size -16M \
-  -exec cp {} "$OUT/train_bf16.trace.json.gz" \; 2>/dev/null
-# 1b. Inference with jnp.pad's reflect padding (two passes per padding, the
-# code the 399 img/s figure ran) against run 1's one-gather padding; seconds.
-bench bf16_concatenate_pad --modes infer --dtypes bfloat16 --infer_variants folded \
-  --config.model.generator.reflect_pad_ops=concatenate
-# 1c. Inference with the RGB convolutions computed on 8 zero-filled channels:
-# whether cuDNN's 3-channel 7x7 kernels are slow.
-bench bf16_rgb8 --modes infer --dtypes bfloat16 --infer_variants folded \
-  --config.model.generator.rgb_channels=8
-# 2. Sub-pixel upsampling (same function, 9 % fewer generator FLOPs).
-bench bf16_subpixel --dtypes bfloat16 --train_variants fused --infer_variants folded \
-  --config.model.generator.upsample=subpixel --profile_dir "$PROFILES/subpixel"
-# Both bf16 runs' optimised HLO and inference traces in one file: on any
-# machine, profile_summary.summarize_dir(folder, calls=2) redoes a summary, and
-# the HLO shows the convolutions' layouts and cuDNN calls as XLA chose them.
-(cd "$PROFILES" && find . -name '*.hlo.txt.gz' -o -path '*infer_*' -name '*.trace.json.gz' \
-  | tar -cf "$OUT/bf16_profiles.tar" -T -) || echo "no profile archive" >&2
-# 3. float32, which must stay available.
-bench f32 --dtypes float32 --train_variants fused --infer_variants folded,running
+# 1. The default path, bf16 (PROFILE=1 adds a profile, ~20 s more).
+profile=()
+if [[ ${PROFILE:-0} == 1 ]]; then profile=(--profile_dir "$PROFILES/default"); fi
+bench bf16 --dtypes bfloat16 --train_variants fused --infer_variants folded ${profile[@]+"${profile[@]}"}
+if [[ ${PROFILE:-0} == 1 ]]; then
+  # The raw trace of the training iteration (if under the 16 MB that come
+  # back) and the optimised HLO and inference traces, to summarise again
+  # anywhere: profile_summary.summarize_dir(folder, calls=2).
+  find "$PROFILES/default" -name '*.trace.json.gz' -path '*train_*' -size -16M \
+    -exec cp {} "$OUT/train_bf16.trace.json.gz" \; 2>/dev/null
+  (cd "$PROFILES" && find . -name '*.hlo.txt.gz' -o -path '*infer_*' -name '*.trace.json.gz' \
+    | tar -cf "$OUT/bf16_profiles.tar" -T -) || echo "no profile archive" >&2
+fi
+# 2. float32, which must stay available (not measured since the first port).
+bench f32 --dtypes float32 --train_variants fused --infer_variants folded
+# 3. Inference A/Bs on the same machine (seconds each): the RGB convolutions
+# as matmuls, and the upsampling as one transposed convolution (both slower
+# than the default on 2026-11-27).
+bench bf16_matmul_infer --modes infer --dtypes bfloat16 --infer_variants folded \
+  --config.model.generator.rgb_conv=matmul
+bench bf16_transposed_infer --modes infer --dtypes bfloat16 --infer_variants folded \
+  --config.model.generator.upsample=transposed
 echo "done: $(grep -c . "$OUT/results.jsonl") lines in $OUT/results.jsonl" >&2

@@ -65,14 +65,22 @@ def get_config() -> ml_collections.ConfigDict:
   # Residual blocks at the lowest resolution.
   config.model.generator.num_blocks = 9
   # Upsampling layers: resize_conv (the reference's nearest x2 + reflect pad +
-  # 3x3 conv) or subpixel (the same function and parameters as four 2x2
-  # convolutions on the low-resolution map: 2.25x fewer FLOPs there).
+  # 3x3 conv), subpixel (the same function and parameters as four 2x2
+  # convolutions on the low-resolution map: 2.25x fewer FLOPs there) or
+  # transposed (the same as one transposed convolution with a 4x4 kernel).
+  # On an H200 resize_conv measured fastest (benchmarks/README.md).
   config.model.generator.upsample = "resize_conv"
   # How reflect padding is computed (same values): gather (one pass over
   # memory, nearest upsampling folded in) or concatenate (jnp.pad's ops; two
   # passes on GPU, what the TFLite export uses).
   config.model.generator.reflect_pad_ops = "gather"
-  # Channels of the RGB input and output convolutions as computed: 3, or 8
+  # How the 7x7 convolutions from and to RGB are computed (same function and
+  # parameters): conv (lax.conv, as the other layers) or matmul (one dense
+  # matmul each, via patches or tap products). cuDNN runs these 3-channel
+  # convolutions at 2-6 % of its peak on an H200, but matmul measured slower
+  # there still (benchmarks/README.md).
+  config.model.generator.rgb_conv = "conv"
+  # With rgb_conv=conv, the channels those convolutions compute with: 3, or 8
   # (zero-filled: the same values, 2.7x those layers' FLOPs; cuDNN's
   # tensor-core kernels want multiples of 8). Parameters keep their shapes.
   config.model.generator.rgb_channels = 3

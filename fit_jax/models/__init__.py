@@ -46,6 +46,7 @@ def build_models(model_config) -> Models:
       num_downsampling=g.num_downsampling, num_blocks=g.num_blocks,
       upsample=g.get("upsample", "resize_conv"),
       reflect_pad_ops=g.get("reflect_pad_ops", "gather"),
+      rgb_conv=g.get("rgb_conv", "conv"),
       rgb_channels=g.get("rgb_channels", 3), dtype=dtype, **norm,
     ),
     discriminator=MultiScaleDiscriminator(

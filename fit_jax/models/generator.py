@@ -12,11 +12,12 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from fit_jax.models import layers
+from fit_jax.models import few_channel_conv, layers
 
 Dtype = Any
 
-UPSAMPLE_MODES = ("resize_conv", "subpixel")
+UPSAMPLE_MODES = ("resize_conv", "subpixel", "transposed")
+RGB_CONV_MODES = ("conv", "matmul")
 
 
 class ResnetBlock(nn.Module):
@@ -59,12 +60,20 @@ class Generator(nn.Module):
     upsample: `resize_conv` (the reference's order: nearest x2, reflect pad,
       3x3 conv) or `subpixel` (the same function and parameters computed as
       four 2x2 convolutions on the low-resolution map, 2.25x fewer FLOPs in
-      these layers; see _subpixel_resize_conv).
+      these layers; see _subpixel_resize_conv) or `transposed` (the same
+      again as one stride-2 transposed convolution with a 4x4 kernel made
+      from the 3x3 one: no x2 map and no interleave; see
+      _transposed_resize_conv). On an H200, both measured slower than
+      resize_conv (benchmarks/README.md).
     reflect_pad_ops: `gather` (one pass over memory per padding) or
       `concatenate` (jnp.pad's ops, for TFLite export); see
       layers.reflect_pad. The same values either way.
-    rgb_channels: channels the RGB input and output convolutions compute
-      with: 3, or more with zero-filled images and kernels (the same
+    rgb_conv: how the 7x7 convolutions from and to RGB are computed:
+      `conv` (lax.conv, as the other layers) or `matmul` (one dense matmul
+      each plus a memory pass; see few_channel_conv). The same function of
+      the same parameters; on an H200, `matmul` measured slower.
+    rgb_channels: with rgb_conv `conv`, the channels those convolutions
+      compute with: 3, or more with zero-filled images and kernels (the same
       values; cuDNN's fastest kernels want channel counts that are multiples
       of 8). Parameters keep their shapes.
   """
@@ -77,6 +86,7 @@ class Generator(nn.Module):
   norm_group_size: int = 0
   upsample: str = "resize_conv"
   reflect_pad_ops: str = "gather"
+  rgb_conv: str = "conv"
   rgb_channels: int = 3
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -110,8 +120,13 @@ class Generator(nn.Module):
     n = self.password_bits
     if self.upsample not in UPSAMPLE_MODES:
       raise ValueError(f"upsample {self.upsample!r} is not one of {UPSAMPLE_MODES}")
+    if self.rgb_conv not in RGB_CONV_MODES:
+      raise ValueError(f"rgb_conv {self.rgb_conv!r} is not one of {RGB_CONV_MODES}")
     if self.rgb_channels < 3:
       raise ValueError(f"rgb_channels must be at least 3; got {self.rgb_channels}")
+    if self.rgb_channels != 3 and self.rgb_conv != "conv":
+      raise ValueError(
+        f"rgb_channels={self.rgb_channels} needs rgb_conv 'conv'; got {self.rgb_conv!r}")
     if images.ndim != 4 or images.shape[-1] != 3:
       raise ValueError(f"images must be [B, H, W, 3]; got {images.shape}")
     if password.shape != (images.shape[0], n):
@@ -126,14 +141,19 @@ class Generator(nn.Module):
     # keeps them constant, so their share of the 7x7 convolution is exactly a
     # per-image bias z @ sum_{kh,kw} W[..., 3:, :]. This replaces 16 of the 19
     # input channels with a matmul; the parameter keeps the reference shape.
-    # Zero channels after RGB (rgb_channels), in the images and the kernel.
-    extra = self.rgb_channels - 3
-    x = jax.lax.conv_general_dilated(
-      self._pad(jnp.pad(images.astype(self.dtype), ((0, 0),) * 3 + ((0, extra),)), 3),
-      jnp.pad(kernel[:, :, :3].astype(self.dtype), ((0, 0), (0, 0), (0, extra), (0, 0))),
-      window_strides=(1, 1), padding="VALID",
-      dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    )
+    rgb_kernel = kernel[:, :, :3].astype(self.dtype)
+    if self.rgb_conv == "matmul":
+      x = few_channel_conv.conv_by_patches(
+        images.astype(self.dtype), rgb_kernel, 3, self.reflect_pad_ops)
+    else:
+      # Zero channels after RGB (rgb_channels), in the images and the kernel.
+      extra = self.rgb_channels - 3
+      x = jax.lax.conv_general_dilated(
+        self._pad(jnp.pad(images.astype(self.dtype), ((0, 0),) * 3 + ((0, extra),)), 3),
+        jnp.pad(rgb_kernel, ((0, 0), (0, 0), (0, extra), (0, 0))),
+        window_strides=(1, 1), padding="VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      )
     password_bias = jnp.dot(
       password.astype(jnp.float32),
       jnp.sum(kernel[:, :, 3:].astype(jnp.float32), axis=(0, 1)),
@@ -173,21 +193,30 @@ class Generator(nn.Module):
       )
       if self.upsample == "subpixel":
         x = _subpixel_resize_conv(conv, x, self.dtype)
+      elif self.upsample == "transposed":
+        x = _transposed_resize_conv(conv, x, self.dtype)
       else:
         x = conv(self._pad(x, 1, upsample=2))
       x = nn.relu(self._norm(f"up_norm_{i}")(x, train, stat_groups))
 
-    x = _OutputConv(self.rgb_channels, self.dtype, self.param_dtype, name="conv_out")(
-      self._pad(x, 3))
+    x = _OutputConv(
+      self.rgb_conv, self.rgb_channels, self.reflect_pad_ops, self.dtype,
+      self.param_dtype, name="conv_out",
+    )(x)
     # No global skip connection: the output is the tanh itself.
     return jnp.tanh(x.astype(jnp.float32))
 
 
 class _OutputConv(nn.Module):
-  """nn.Conv(3, (7, 7)) with its parameters, computing `channels` outputs of
-  which the ones past the third have zero kernels and are dropped."""
+  """Reflect pad 3, then nn.Conv(3, (7, 7)) with its parameters.
 
+  With `rgb_conv="conv"` it computes `channels` outputs, of which the ones
+  past the third have zero kernels and are dropped.
+  """
+
+  rgb_conv: str
   channels: int
+  reflect_pad_ops: str
   dtype: Dtype
   param_dtype: Dtype
 
@@ -196,14 +225,55 @@ class _OutputConv(nn.Module):
     kernel = self.param(
       "kernel", layers.conv_init, (7, 7, x.shape[-1], 3), self.param_dtype)
     bias = self.param("bias", nn.initializers.zeros, (3,), self.param_dtype)
+    if self.rgb_conv == "matmul":
+      y = few_channel_conv.conv_by_tap_products(
+        x.astype(self.dtype), kernel.astype(self.dtype), 3, self.reflect_pad_ops)
+      return y + bias.astype(jnp.float32)
     extra = self.channels - 3
     y = jax.lax.conv_general_dilated(
-      x.astype(self.dtype),
+      layers.reflect_pad(x.astype(self.dtype), 3, ops=self.reflect_pad_ops),
       jnp.pad(kernel.astype(self.dtype), ((0, 0),) * 3 + ((0, extra),)),
       window_strides=(1, 1), padding="VALID",
       dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
     return y[..., :3] + bias.astype(self.dtype)
+
+
+def _transposed_resize_conv(conv: nn.Conv, x: jax.Array, dtype) -> jax.Array:
+  """conv(reflect_pad(nearest_x2(x), 1)) as one transposed convolution.
+
+  As in _subpixel_resize_conv, the x2 map's reflect padding is x's edge
+  padding, and output pixel 2i + a reads rows i + a and i + a + 1 of the
+  edge-padded x with taps (K0, K1 + K2) for a = 0 and (K0 + K1, K2) for
+  a = 1, per axis. In the edge-padded x dilated by 2 (a zero between
+  pixels), the 4-tap window starting at output row o covers exactly those
+  two rows, at taps 0 and 2 (o even) or 1 and 3 (o odd), so one 4x4 kernel
+  [K0, K0 + K1, K1 + K2, K2] (per axis) computes every phase. That is the
+  transposed convolution of a stride-2 convolution, which cuDNN runs as its
+  backward-data kernel without the zeros: 16 MACs per input channel and
+  low-resolution pixel, as the four 2x2 convolutions, in one kernel reading
+  the small map. XLA recognises it only in the form autodiff produces (a
+  reversed kernel), hence conv_transpose(transpose_kernel=True) of the
+  kernel built in reverse order: the same 4x4 kernel after its reversal.
+  """
+  c = x.shape[-1]
+  # Create (or fetch) the conv's parameters through the module itself.
+  conv(jnp.zeros((1, 3, 3, c), x.dtype))
+  kernel = conv.variables["params"]["kernel"].astype(dtype)
+
+  def widen_reversed(k, axis):  # 3 taps -> [K2, K1 + K2, K0 + K1, K0]
+    k0, k1, k2 = (jnp.take(k, i, axis=axis) for i in range(3))
+    return jnp.stack([k2, k1 + k2, k0 + k1, k0], axis=axis)
+
+  # transpose_kernel swaps the kernel's in and out axes back, too.
+  forward_kernel = jnp.swapaxes(widen_reversed(widen_reversed(kernel, 0), 1), 2, 3)
+  padded = jnp.pad(x.astype(dtype), ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+  out = jax.lax.conv_transpose(
+    padded, forward_kernel, strides=(2, 2), padding=((0, 0), (0, 0)),
+    dimension_numbers=("NHWC", "HWIO", "NHWC"), transpose_kernel=True)
+  if "bias" in conv.variables["params"]:
+    out = out + conv.variables["params"]["bias"].astype(dtype)
+  return out
 
 
 def _subpixel_resize_conv(conv: nn.Conv, x: jax.Array, dtype) -> jax.Array:

@@ -141,7 +141,7 @@ def test_rgb_channels_zero_filled_compute_the_same():
 
   from fit_jax import inference
 
-  g = models_lib.Generator(ngf=8, num_blocks=1, norm="batch")
+  g = models_lib.Generator(ngf=8, num_blocks=1, norm="batch", rgb_conv="conv")
   g8 = dataclasses.replace(g, rgb_channels=8)
   key = jax.random.PRNGKey(4)
   x = jax.random.uniform(key, (2, 32, 32, 3), minval=-1, maxval=1)
@@ -162,6 +162,73 @@ def test_rgb_channels_zero_filled_compute_the_same():
                              g.apply(v, x, z, train=False), atol=1e-6)
   with pytest.raises(ValueError, match="rgb_channels must be at least 3; got 2"):
     dataclasses.replace(g, rgb_channels=2).init(key, x, z, train=True)
+  with pytest.raises(ValueError, match="rgb_channels=8 needs rgb_conv 'conv'; got 'matmul'"):
+    dataclasses.replace(g8, rgb_conv="matmul").init(key, x, z, train=True)
+
+
+def test_rgb_conv_matmul_computes_the_conv():
+  """rgb_conv=matmul (the 7x7 RGB convolutions as patches and tap-product
+  matmuls) has the conv's parameters, outputs and gradients, folded too."""
+  import dataclasses
+
+  from fit_jax import inference
+
+  g = models_lib.Generator(ngf=8, num_blocks=1, norm="batch", rgb_conv="matmul")
+  conv = dataclasses.replace(g, rgb_conv="conv")
+  key = jax.random.PRNGKey(5)
+  x = jax.random.uniform(key, (2, 32, 32, 3), minval=-1, maxval=1)
+  z = jax.random.bernoulli(key, 0.5, (2, 16)) - 0.5
+  v = g.init(key, x, z, train=True)
+  assert jax.tree.map(jnp.shape, conv.init(key, x, z, train=True)) == jax.tree.map(jnp.shape, v)
+  grads, out = _generator_grads(g, v, x, z)
+  grads_ref, out_ref = _generator_grads(conv, v, x, z)
+  np.testing.assert_allclose(out, out_ref, atol=1e-5)
+  largest = max(float(jnp.abs(b).max()) for b in jax.tree.leaves(grads_ref))
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
+    # Relative to each leaf's scale; biases before a norm have gradients that
+    # are 0 up to rounding noise, so their scale has a floor.
+    scale = max(float(jnp.abs(b).max()), 1e-2 * largest)
+    np.testing.assert_allclose(a, b, atol=2e-4 * scale)
+  folded, fv = inference.fold_batch_norm(g, v)
+  np.testing.assert_allclose(folded.apply(fv, x, z, train=False),
+                             conv.apply(v, x, z, train=False), atol=1e-5)
+  with pytest.raises(ValueError, match="rgb_conv 'fft' is not one of"):
+    dataclasses.replace(g, rgb_conv="fft").init(key, x, z, train=True)
+
+
+def test_rgb_conv_matmul_in_bfloat16_is_as_accurate_as_the_conv():
+  """Against the float32 model, bfloat16 with rgb_conv=matmul errs no more
+  than bfloat16 with lax.conv, output and every gradient; the output bias's
+  gradient is better (a float32 sum instead of a bfloat16 one)."""
+  import dataclasses
+
+  g = models_lib.Generator(ngf=8, num_blocks=1, norm="batch")
+  key = jax.random.PRNGKey(5)
+  x = jax.random.uniform(key, (2, 32, 32, 3), minval=-1, maxval=1)
+  z = jax.random.bernoulli(key, 0.5, (2, 16)) - 0.5
+  v = g.init(key, x, z, train=True)
+  grads_ref, out_ref = _generator_grads(dataclasses.replace(g, rgb_conv="conv"), v, x, z)
+  errors = {}
+  for mode in ("matmul", "conv"):
+    grads, out = _generator_grads(
+      dataclasses.replace(g, rgb_conv=mode, dtype=jnp.bfloat16), v, x, z)
+    errors[mode] = [float(jnp.abs(out - out_ref).max())] + [
+      float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+      for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref))
+      if float(jnp.linalg.norm(b)) > 1e-3  # not the ~0 gradients before norms
+    ]
+  assert errors["matmul"][0] < 3e-2
+  np.testing.assert_array_less(errors["matmul"], np.array(errors["conv"]) * 1.1 + 0.01)
+
+
+def _generator_grads(model, variables, x, z):
+  def loss(params):
+    out, _ = model.apply({**variables, "params": params}, x, z, train=True,
+                         mutable=["batch_stats"])
+    return jnp.sum(out ** 2), out
+
+  (_, out), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
+  return grads, out
 
 
 def test_unknown_upsample_is_one_clear_error():
@@ -170,16 +237,18 @@ def test_unknown_upsample_is_one_clear_error():
     g.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)), jnp.zeros((1, 16)), train=True)
 
 
-def test_subpixel_upsampling_is_the_resize_convolution():
-  """upsample='subpixel' (four 2x2 convs on the low-resolution map) computes
-  the reference's nearest x2 + reflect pad + 3x3 conv with the same
-  parameters, in fewer FLOPs, in training (gradients too) and folded."""
+@pytest.mark.parametrize("upsample", ["subpixel", "transposed"])
+def test_low_resolution_upsampling_is_the_resize_convolution(upsample):
+  """upsample='subpixel' (four 2x2 convs on the low-resolution map) and
+  'transposed' (one transposed conv with a 4x4 kernel) compute the
+  reference's nearest x2 + reflect pad + 3x3 conv with the same parameters,
+  in fewer FLOPs, in training (gradients too) and folded."""
   import dataclasses
 
-  from fit_jax import inference
+  from fit_jax import flop_count, inference
 
   g = models_lib.Generator(ngf=8, num_blocks=1, norm="batch")
-  sub = dataclasses.replace(g, upsample="subpixel")
+  sub = dataclasses.replace(g, upsample=upsample)
   key = jax.random.PRNGKey(3)
   x = jax.random.uniform(key, (3, 32, 24, 3), minval=-1, maxval=1)
   z = jax.random.bernoulli(key, 0.5, (3, 16)) - 0.5
@@ -202,12 +271,17 @@ def test_subpixel_upsampling_is_the_resize_convolution():
   np.testing.assert_allclose(folded.apply(fv, x, z, train=False),
                              g.apply(v, x, z, train=False), atol=1e-5)
 
-  def flops(model):
-    compiled = jax.jit(lambda v, x, z: model.apply(v, x, z, train=False)).lower(v, x, z).compile()
-    analysis = compiled.cost_analysis()
-    return (analysis[0] if isinstance(analysis, list) else analysis)["flops"]
+  def flops(model):  # multiply-adds with real inputs, not dilation zeros
+    return sum(flop_count.jaxpr_flops(
+      lambda v, x, z: model.apply(v, x, z, train=False), v, x, z).values())
 
-  assert flops(sub) < flops(g)
+  # The two upsampling layers (8x6x32 -> 16x12x16 -> 32x24x8, batch 3): their
+  # 9 taps per output pixel become 4.
+  up_flops = 2 * 3 * 9 * (16 * 12 * 32 * 16 + 32 * 24 * 16 * 8)
+  # Both variants create the layers' parameters by calling them once on a
+  # 3x3 input (one output pixel; unused, so XLA drops it).
+  dummy_calls = 2 * 9 * (32 * 16 + 16 * 8)
+  np.testing.assert_allclose(flops(g) - flops(sub) + dummy_calls, up_flops * 5 / 9, rtol=1e-9)
 
 
 @pytest.mark.parametrize("mode", ["batch", "instance"])

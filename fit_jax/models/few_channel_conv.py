@@ -1,0 +1,112 @@
+"""Reflect-padded convolutions with 3 input or 3 output channels as matmuls.
+
+The generator's first and last layers are 7x7 convolutions between RGB and
+64 channels at full resolution. cuDNN runs them far below its rate on the
+wide layers: on an H200 (bf16, profile of benchmarks/gpu_session.sh) they
+took 16 ms of a 93 ms training iteration and 5.8 ms of 19.8 ms in inference
+at 16-63 TFLOP/s, against 780 TFLOP/s for the residual blocks. An implicit
+GEMM with 3 channels on one side has a 3-wide (or 3 x 49 deep, badly tiled)
+matrix dimension. Written out, the same sums become one dense matmul with
+147 = 7 x 7 x 3 on the narrow side, plus one memory pass:
+
+- few inputs (conv_by_patches): gather the 147 values under each window
+  (im2col, reflect padding included), then patches @ kernel[147, Cout].
+- few outputs (conv_by_tap_products): x @ kernel[Cin, 147] gives every
+  tap's contribution at every pixel; each output pixel sums its 49 taps'
+  contributions from its reflected neighbours (col2im).
+
+Both are the same function of the same parameters as
+lax.conv(reflect_pad(x), kernel) (tested), with float32 accumulation; in
+bfloat16 the tap products are rounded to bfloat16 before their float32 sum
+(cuDNN rounds only the sum). Their gradients stay gathers, slices and
+matmuls: no scatter.
+
+Measured on an H200 (config.model.generator.rgb_conv=matmul against conv,
+bf16, same machine and call): inference at batch 256 12,618 against 13,162
+img/s, and a training iteration at batch 48 0.116 s against 0.090 s (a
+separate call). Not profiled; the likely cost is the extra
+[B, H, W, 152] tensors (15 GB more traffic per training iteration, by
+hlo_traffic) and the weight-gradient matmuls that XLA splits along their
+786k-long contraction. `conv` is the default; this stays, tested, for
+accelerators and XLA versions where the balance differs.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from fit_jax.models import layers
+
+# Matmul dimensions padded to a multiple of this many elements: cuBLAS's
+# tensor-core kernels want 16-byte-aligned rows, and XLA would otherwise
+# insert its own padding copy of the [B, H, W, 147] operand.
+_ALIGN = 8
+
+
+def _aligned(n: int) -> int:
+  return -n % _ALIGN
+
+
+@functools.partial(jax.checkpoint, static_argnums=(2, 3))
+def conv_by_patches(x: jax.Array, kernel: jax.Array, pad: int, pad_ops: str) -> jax.Array:
+  """lax.conv(reflect_pad(x, pad), kernel, VALID) for few input channels.
+
+  Args:
+    x: [B, H, W, Cin] (Cin small: the patches are [B, H, W, k*k*Cin]).
+    kernel: [k, k, Cin, Cout] with k = 2 * pad + 1 (same output size).
+    pad: reflect padding on each side.
+    pad_ops: layers.reflect_pad's `ops`.
+
+  Returns:
+    [B, H, W, Cout] in x's dtype. Rematerialised (jax.checkpoint): training
+    keeps x, not the patches, for the backward pass, which rebuilds them in
+    one pass.
+  """
+  kh, kw, cin, cout = kernel.shape
+  if kh != 2 * pad + 1 or kw != kh:
+    raise ValueError(f"kernel {kernel.shape} is not {2 * pad + 1}x{2 * pad + 1}")
+  b, h, w, _ = x.shape
+  padded = layers.reflect_pad(x, pad, ops=pad_ops)
+  windows = [padded[:, i:i + h, j:j + w] for i in range(kh) for j in range(kw)]
+  depth = kh * kw * cin
+  extra = _aligned(depth)
+  if extra:
+    windows.append(jnp.zeros((b, h, w, extra), x.dtype))
+  patches = jnp.concatenate(windows, axis=-1)
+  weights = jnp.pad(kernel.reshape(depth, cout), ((0, extra), (0, 0)))
+  return jnp.einsum("bhwk,ko->bhwo", patches, weights)
+
+
+def conv_by_tap_products(x: jax.Array, kernel: jax.Array, pad: int, pad_ops: str) -> jax.Array:
+  """lax.conv(reflect_pad(x, pad), kernel, VALID) for few output channels.
+
+  Args:
+    x: [B, H, W, Cin].
+    kernel: [k, k, Cin, Cout] with k = 2 * pad + 1 and Cout small (the tap
+      products are [B, H, W, k*k*Cout]).
+    pad: reflect padding on each side.
+    pad_ops: layers.reflect_pad's `ops`.
+
+  Returns:
+    [B, H, W, Cout] in float32.
+  """
+  kh, kw, cin, cout = kernel.shape
+  if kh != 2 * pad + 1 or kw != kh:
+    raise ValueError(f"kernel {kernel.shape} is not {2 * pad + 1}x{2 * pad + 1}")
+  _, h, w, _ = x.shape
+  taps = kh * kw * cout
+  extra = _aligned(taps)
+  # [Cin, (i, j, c)]: column (i * kw + j) * cout + c is tap (i, j)'s kernel.
+  weights = jnp.pad(
+    jnp.transpose(kernel, (2, 0, 1, 3)).reshape(cin, taps), ((0, 0), (0, extra)))
+  products = jnp.einsum("bhwc,ct->bhwt", x, weights)
+  # Reflect padding commutes with a per-pixel linear map: pad the products.
+  padded = layers.reflect_pad(products, pad, ops=pad_ops)
+  total = None
+  for i in range(kh):
+    for j in range(kw):
+      t = (i * kw + j) * cout
+      term = padded[:, i:i + h, j:j + w, t:t + cout].astype(jnp.float32)
+      total = term if total is None else total + term
+  return total
