@@ -22,7 +22,7 @@ ITERS=${ITERS:-10}
 PROFILES=${PROFILES:-/tmp/fit_jax_profiles}
 # Which runs, by name. A session has about 15 minutes of device time in all,
 # so one call measures variants and a later one what they decided.
-RUNS=${RUNS:-"bf16 f32 bf16_matmul_infer bf16_transposed_infer"}
+RUNS=${RUNS:-"bf16 bf16_space_to_depth f32 bf16_matmul_infer bf16_transposed_infer"}
 mkdir -p "$OUT"
 if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -59,9 +59,13 @@ if [[ ${PROFILE:-0} == 1 ]]; then
   (cd "$PROFILES" && find . -name '*.hlo.txt.gz' -o -path '*infer_*' -name '*.trace.json.gz' \
     | tar -cf "$OUT/bf16_profiles.tar" -T -) || echo "no profile archive" >&2
 fi
-# 2. float32, which must stay available (not measured since the first port).
+# 2. The RGB convolutions on 2x2 pixel blocks (12-16 channels instead of 3;
+# same traffic in the static H200 program): the candidate for the default.
+bench bf16_space_to_depth --dtypes bfloat16 --train_variants fused --infer_variants folded \
+  --config.model.generator.rgb_conv=space_to_depth
+# 3. float32, which must stay available (not measured since the first port).
 bench f32 --dtypes float32 --train_variants fused --infer_variants folded
-# 3. Inference A/Bs on the same machine (seconds each): the RGB convolutions
+# 4. Inference A/Bs on the same machine (seconds each): the RGB convolutions
 # as matmuls, and the upsampling as one transposed convolution (both slower
 # than the default on 2026-11-27).
 bench bf16_matmul_infer --modes infer --dtypes bfloat16 --infer_variants folded \

@@ -75,10 +75,12 @@ def get_config() -> ml_collections.ConfigDict:
   # passes on GPU, what the TFLite export uses).
   config.model.generator.reflect_pad_ops = "gather"
   # How the 7x7 convolutions from and to RGB are computed (same function and
-  # parameters): conv (lax.conv, as the other layers) or matmul (one dense
-  # matmul each, via patches or tap products). cuDNN runs these 3-channel
-  # convolutions at 2-6 % of its peak on an H200, but matmul measured slower
-  # there still (benchmarks/README.md).
+  # parameters): conv (lax.conv, as the other layers), matmul (one dense
+  # matmul each, via patches or tap products) or space_to_depth (a 4x4
+  # convolution of 2x2 pixel blocks: 16 channels instead of 3). cuDNN runs
+  # the 3-channel convolutions at 2-6 % of its peak on an H200; matmul
+  # measured slower there still, space_to_depth awaits its measurement
+  # (benchmarks/README.md).
   config.model.generator.rgb_conv = "conv"
   # With rgb_conv=conv, the channels those convolutions compute with: 3, or 8
   # (zero-filled: the same values, 2.7x those layers' FLOPs; cuDNN's

@@ -17,7 +17,7 @@ from fit_jax.models import few_channel_conv, layers
 Dtype = Any
 
 UPSAMPLE_MODES = ("resize_conv", "subpixel", "transposed")
-RGB_CONV_MODES = ("conv", "matmul")
+RGB_CONV_MODES = ("conv", "matmul", "space_to_depth")
 
 
 class ResnetBlock(nn.Module):
@@ -69,9 +69,11 @@ class Generator(nn.Module):
       `concatenate` (jnp.pad's ops, for TFLite export); see
       layers.reflect_pad. The same values either way.
     rgb_conv: how the 7x7 convolutions from and to RGB are computed:
-      `conv` (lax.conv, as the other layers) or `matmul` (one dense matmul
-      each plus a memory pass; see few_channel_conv). The same function of
-      the same parameters; on an H200, `matmul` measured slower.
+      `conv` (lax.conv, as the other layers), `matmul` (one dense matmul
+      each plus a memory pass) or `space_to_depth` (a convolution on 2x2
+      pixel blocks: 12 channels instead of 3); see few_channel_conv. The
+      same function of the same parameters; on an H200, `matmul` measured
+      slower.
     rgb_channels: with rgb_conv `conv`, the channels those convolutions
       compute with: 3, or more with zero-filled images and kernels (the same
       values; cuDNN's fastest kernels want channel counts that are multiples
@@ -144,6 +146,9 @@ class Generator(nn.Module):
     rgb_kernel = kernel[:, :, :3].astype(self.dtype)
     if self.rgb_conv == "matmul":
       x = few_channel_conv.conv_by_patches(
+        images.astype(self.dtype), rgb_kernel, 3, self.reflect_pad_ops)
+    elif self.rgb_conv == "space_to_depth":
+      x = few_channel_conv.conv_space_to_depth(
         images.astype(self.dtype), rgb_kernel, 3, self.reflect_pad_ops)
     else:
       # Zero channels after RGB (rgb_channels), in the images and the kernel.
@@ -229,6 +234,10 @@ class _OutputConv(nn.Module):
       y = few_channel_conv.conv_by_tap_products(
         x.astype(self.dtype), kernel.astype(self.dtype), 3, self.reflect_pad_ops)
       return y + bias.astype(jnp.float32)
+    if self.rgb_conv == "space_to_depth":
+      y = few_channel_conv.conv_space_to_depth(
+        x.astype(self.dtype), kernel.astype(self.dtype), 3, self.reflect_pad_ops)
+      return y + bias.astype(self.dtype)
     extra = self.channels - 3
     y = jax.lax.conv_general_dilated(
       layers.reflect_pad(x.astype(self.dtype), 3, ops=self.reflect_pad_ops),

@@ -166,14 +166,16 @@ def test_rgb_channels_zero_filled_compute_the_same():
     dataclasses.replace(g8, rgb_conv="matmul").init(key, x, z, train=True)
 
 
-def test_rgb_conv_matmul_computes_the_conv():
+@pytest.mark.parametrize("rgb_conv", ["matmul", "space_to_depth"])
+def test_rgb_conv_variants_compute_the_conv(rgb_conv):
   """rgb_conv=matmul (the 7x7 RGB convolutions as patches and tap-product
-  matmuls) has the conv's parameters, outputs and gradients, folded too."""
+  matmuls) and space_to_depth (as convolutions of 2x2 pixel blocks) have the
+  conv's parameters, outputs and gradients, folded too."""
   import dataclasses
 
   from fit_jax import inference
 
-  g = models_lib.Generator(ngf=8, num_blocks=1, norm="batch", rgb_conv="matmul")
+  g = models_lib.Generator(ngf=8, num_blocks=1, norm="batch", rgb_conv=rgb_conv)
   conv = dataclasses.replace(g, rgb_conv="conv")
   key = jax.random.PRNGKey(5)
   x = jax.random.uniform(key, (2, 32, 32, 3), minval=-1, maxval=1)
@@ -196,10 +198,11 @@ def test_rgb_conv_matmul_computes_the_conv():
     dataclasses.replace(g, rgb_conv="fft").init(key, x, z, train=True)
 
 
-def test_rgb_conv_matmul_in_bfloat16_is_as_accurate_as_the_conv():
-  """Against the float32 model, bfloat16 with rgb_conv=matmul errs no more
-  than bfloat16 with lax.conv, output and every gradient; the output bias's
-  gradient is better (a float32 sum instead of a bfloat16 one)."""
+@pytest.mark.parametrize("rgb_conv", ["matmul", "space_to_depth"])
+def test_rgb_conv_variants_in_bfloat16_are_as_accurate_as_the_conv(rgb_conv):
+  """Against the float32 model, bfloat16 with rgb_conv=matmul or
+  space_to_depth errs no more than bfloat16 with lax.conv, output and every
+  gradient (matmul's output bias gradient is better: a float32 sum)."""
   import dataclasses
 
   g = models_lib.Generator(ngf=8, num_blocks=1, norm="batch")
@@ -209,7 +212,7 @@ def test_rgb_conv_matmul_in_bfloat16_is_as_accurate_as_the_conv():
   v = g.init(key, x, z, train=True)
   grads_ref, out_ref = _generator_grads(dataclasses.replace(g, rgb_conv="conv"), v, x, z)
   errors = {}
-  for mode in ("matmul", "conv"):
+  for mode in (rgb_conv, "conv"):
     grads, out = _generator_grads(
       dataclasses.replace(g, rgb_conv=mode, dtype=jnp.bfloat16), v, x, z)
     errors[mode] = [float(jnp.abs(out - out_ref).max())] + [
@@ -217,8 +220,8 @@ def test_rgb_conv_matmul_in_bfloat16_is_as_accurate_as_the_conv():
       for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref))
       if float(jnp.linalg.norm(b)) > 1e-3  # not the ~0 gradients before norms
     ]
-  assert errors["matmul"][0] < 3e-2
-  np.testing.assert_array_less(errors["matmul"], np.array(errors["conv"]) * 1.1 + 0.01)
+  assert errors[rgb_conv][0] < 3e-2
+  np.testing.assert_array_less(errors[rgb_conv], np.array(errors["conv"]) * 1.1 + 0.01)
 
 
 def _generator_grads(model, variables, x, z):
