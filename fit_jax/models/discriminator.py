@@ -45,9 +45,9 @@ class PatchGAN(nn.Module):
       features = self.ndf * 2 ** min(i, 3)
       # The first layer has a bias and no norm; the last stride-1 layer too.
       stride = 2 if i < self.num_layers else 1
-      x = nn.Conv(
+      x = layers.Conv(
         features, (4, 4), strides=(stride, stride), padding=pad,
-        use_bias=(i == 0), kernel_init=layers.conv_init, dtype=self.dtype,
+        add_bias=(i == 0), kernel_init=layers.conv_init, dtype=self.dtype,
         param_dtype=self.param_dtype, name=f"conv_{i}",
       )(x)
       if i > 0:

@@ -191,8 +191,8 @@ class Generator(nn.Module):
       # convolution that, unlike the others, keeps its bias. Folded models
       # carry it in the norm's bias (fit_jax.inference): one bias per
       # output channel is what XLA fuses into the cuDNN call.
-      conv = nn.Conv(
-        features, (3, 3), padding="VALID", use_bias=self.norm != "folded",
+      conv = layers.Conv(
+        features, (3, 3), padding="VALID", add_bias=self.norm != "folded",
         kernel_init=layers.conv_init, dtype=self.dtype,
         param_dtype=self.param_dtype, name=f"up_{i}",
       )
@@ -237,7 +237,7 @@ class _OutputConv(nn.Module):
     if self.rgb_conv == "space_to_depth":
       y = few_channel_conv.conv_space_to_depth(
         x.astype(self.dtype), kernel.astype(self.dtype), 3, self.reflect_pad_ops)
-      return y + bias.astype(self.dtype)
+      return layers.bias_add(y, bias)
     extra = self.channels - 3
     y = jax.lax.conv_general_dilated(
       layers.reflect_pad(x.astype(self.dtype), 3, ops=self.reflect_pad_ops),
@@ -245,10 +245,10 @@ class _OutputConv(nn.Module):
       window_strides=(1, 1), padding="VALID",
       dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
-    return y[..., :3] + bias.astype(self.dtype)
+    return layers.bias_add(y[..., :3], bias)
 
 
-def _transposed_resize_conv(conv: nn.Conv, x: jax.Array, dtype) -> jax.Array:
+def _transposed_resize_conv(conv: layers.Conv, x: jax.Array, dtype) -> jax.Array:
   """conv(reflect_pad(nearest_x2(x), 1)) as one transposed convolution.
 
   As in _subpixel_resize_conv, the x2 map's reflect padding is x's edge
@@ -281,11 +281,11 @@ def _transposed_resize_conv(conv: nn.Conv, x: jax.Array, dtype) -> jax.Array:
     padded, forward_kernel, strides=(2, 2), padding=((0, 0), (0, 0)),
     dimension_numbers=("NHWC", "HWIO", "NHWC"), transpose_kernel=True)
   if "bias" in conv.variables["params"]:
-    out = out + conv.variables["params"]["bias"].astype(dtype)
+    out = layers.bias_add(out, conv.variables["params"]["bias"])
   return out
 
 
-def _subpixel_resize_conv(conv: nn.Conv, x: jax.Array, dtype) -> jax.Array:
+def _subpixel_resize_conv(conv: layers.Conv, x: jax.Array, dtype) -> jax.Array:
   """conv(reflect_pad(nearest_x2(x), 1)) without building the x2 map.
 
   With U = nearest_x2(x), reflect padding U by one repeats its edge pixel,
@@ -319,5 +319,5 @@ def _subpixel_resize_conv(conv: nn.Conv, x: jax.Array, dtype) -> jax.Array:
   out = jnp.stack(rows, axis=2)  # [B, H, 2(a), W, 2(b), Cout]
   out = out.reshape(b, 2 * h, 2 * w, -1)
   if "bias" in conv.variables["params"]:
-    out = out + conv.variables["params"]["bias"].astype(dtype)
+    out = layers.bias_add(out, conv.variables["params"]["bias"])
   return out

@@ -57,9 +57,9 @@ class PasswordHead(nn.Module):
       (self.ndf * 8, 4, 4, 0),
     ]
     for i, (features, k, s, p) in enumerate(specs):
-      x = nn.Conv(
+      x = layers.Conv(
         features, (k, k), strides=(s, s), padding=((p, p), (p, p)),
-        use_bias=(i == 0), kernel_init=layers.conv_init, dtype=self.dtype,
+        add_bias=(i == 0), kernel_init=layers.conv_init, dtype=self.dtype,
         param_dtype=self.param_dtype, name=f"conv_{i}",
       )(x)
       if i > 0:

@@ -110,8 +110,8 @@ class SphereFace20a(nn.Module):
 
   def _conv_prelu(self, x, features, stride, suffix):
     fan_in = 9 * x.shape[-1]
-    x = nn.Conv(
-      features, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)),
+    x = layers.Conv(
+      features, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)), add_bias=True,
       # torch's default conv init: kaiming_uniform(a=sqrt(5)).
       kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
       bias_init=_uniform_bias(fan_in),
