@@ -30,18 +30,28 @@ _SIZE = flags.DEFINE_integer("size", 128, "Image side: the model's training data
 
 def export_saved_model(checkpoint: str, out_dir: str, image_size: int = 128) -> None:
   """Writes the SavedModel (atomically: a temporary folder renamed at the end)."""
-  import tensorflow as tf  # noqa: PLC0415
-  from jax.experimental import jax2tf  # noqa: PLC0415
-
   model, variables, deterministic = inference.load_generator(checkpoint)
   if not deterministic:
     raise ValueError(
       f"{checkpoint}: this generator has no running statistics (norm=batch_stats), "
       "so its output depends on the batch; export a norm=batch checkpoint"
     )
+  save_generator(model, variables, out_dir, image_size)
+
+
+def save_generator(model, variables, out_dir: str, image_size: int) -> None:
+  """A per-image deterministic generator (folded or running statistics) as a
+  SavedModel with signatures anonymize and recover (atomically)."""
+  import tensorflow as tf  # noqa: PLC0415
+  from jax.experimental import jax2tf  # noqa: PLC0415
+
   # TFLite has builtins for jnp.pad's concatenations, none for the gather
-  # that pads in one pass on accelerators (batch size unknown until run time).
+  # that pads in one pass on accelerators (batch size unknown until run time),
+  # nor for the dilated-input convolution of upsample="transposed": the same
+  # functions in ops it has.
   model = dataclasses.replace(model, reflect_pad_ops="concatenate")
+  if model.upsample == "transposed":
+    model = dataclasses.replace(model, upsample="resize_conv")
   out_dir = os.path.abspath(out_dir)
   if os.path.exists(out_dir):
     raise FileExistsError(f"{out_dir} exists; choose a new --out directory")

@@ -56,6 +56,13 @@ def _aligned(n: int) -> int:
   return -n % _ALIGN
 
 
+def _window(x: jax.Array, i: int, j: int, h: int, w: int) -> jax.Array:
+  """x[:, i:i + h, j:j + w] as lax slices: under a symbolic batch size
+  (the shape-polymorphic export) jnp indexing can become a gather, which
+  TFLite lacks (the same goes for the channel slices here)."""
+  return jax.lax.slice_in_dim(jax.lax.slice_in_dim(x, i, i + h, axis=1), j, j + w, axis=2)
+
+
 @functools.partial(jax.checkpoint, static_argnums=(2, 3))
 def conv_by_patches(x: jax.Array, kernel: jax.Array, pad: int, pad_ops: str) -> jax.Array:
   """lax.conv(reflect_pad(x, pad), kernel, VALID) for few input channels.
@@ -76,7 +83,7 @@ def conv_by_patches(x: jax.Array, kernel: jax.Array, pad: int, pad_ops: str) -> 
     raise ValueError(f"kernel {kernel.shape} is not {2 * pad + 1}x{2 * pad + 1}")
   b, h, w, _ = x.shape
   padded = layers.reflect_pad(x, pad, ops=pad_ops)
-  windows = [padded[:, i:i + h, j:j + w] for i in range(kh) for j in range(kw)]
+  windows = [_window(padded, i, j, h, w) for i in range(kh) for j in range(kw)]
   depth = kh * kw * cin
   extra = _aligned(depth)
   if extra:
@@ -115,7 +122,8 @@ def conv_by_tap_products(x: jax.Array, kernel: jax.Array, pad: int, pad_ops: str
   for i in range(kh):
     for j in range(kw):
       t = (i * kw + j) * cout
-      term = padded[:, i:i + h, j:j + w, t:t + cout].astype(jnp.float32)
+      term = jax.lax.slice_in_dim(_window(padded, i, j, h, w), t, t + cout, axis=3)
+      term = term.astype(jnp.float32)
       total = term if total is None else total + term
   return total
 
@@ -166,17 +174,37 @@ def conv_space_to_depth(
   blocks = jnp.transpose(blocks, (0, 1, 3, 2, 4, 5)).reshape(
     b, rows // block, cols // block, cin_blocked)
   blocks = jnp.pad(blocks, ((0, 0),) * 3 + ((0, extra_in),))
-  # select[t, d, pi, po] = 1 where tap t is block offset d, pixel pi -> po:
-  # the blocked kernel as an exact 0/1 contraction (its gradient is one too).
+  blocked = _blocked_kernel(kernel, block, n)
+  blocked = jnp.pad(blocked, ((0, 0), (0, 0), (0, extra_in), (0, extra_out)))
+  out = jax.lax.conv_general_dilated(
+    blocks, blocked, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  out = jax.lax.slice_in_dim(out, 0, cout_blocked, axis=3)
+  out = out.reshape(b, h // block, w // block, block, block, cout)
+  return jnp.transpose(out, (0, 1, 3, 2, 4, 5)).reshape(b, h, w, cout)
+
+
+def _blocked_kernel(kernel: jax.Array, block: int, n: int) -> jax.Array:
+  """[n, n, block^2 * Cin, block^2 * Cout]: for block offset (dy, dx), input
+  pixel (piy, pix) and output pixel (poy, pox), the k x k kernel's tap
+  (block * dy + piy - poy, block * dx + pix - pox), or zeros outside it.
+
+  Built as exact 0/1 contractions (so its gradient is one too, not a
+  scatter), one block offset at a time: no intermediate has more than 6
+  dimensions, the most TFLite's transpose takes.
+  """
+  k, _, cin, cout = kernel.shape
+  # select[t, d, pi, po] = 1 where tap t is block offset d, pixel pi -> po.
   t = np.arange(k)[:, None, None, None]
   d = np.arange(n)[None, :, None, None]
   pi = np.arange(block)[None, None, :, None]
   po = np.arange(block)[None, None, None, :]
-  select = jnp.asarray(t == block * d + pi - po, kernel.dtype)
-  blocked = jnp.einsum("yapq,xbrs,yxco->abprcqso", select, select, kernel)
-  blocked = blocked.reshape(n, n, cin_blocked, cout_blocked)
-  blocked = jnp.pad(blocked, ((0, 0), (0, 0), (0, extra_in), (0, extra_out)))
-  out = jax.lax.conv_general_dilated(
-    blocks, blocked, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  out = out[..., :cout_blocked].reshape(b, h // block, w // block, block, block, cout)
-  return jnp.transpose(out, (0, 1, 3, 2, 4, 5)).reshape(b, h, w, cout)
+  select = (t == block * d + pi - po).astype(np.float32)
+  rows = []
+  for dy in range(n):
+    along_y = jnp.einsum("ypq,yxco->pqxco", jnp.asarray(select[:, dy], kernel.dtype), kernel)
+    rows.append(jnp.stack([
+      jnp.einsum("pqxco,xrs->prcqso", along_y, jnp.asarray(select[:, dx], kernel.dtype))
+      .reshape(block * block * cin, block * block * cout)
+      for dx in range(n)
+    ]))
+  return jnp.stack(rows)

@@ -245,7 +245,9 @@ class _OutputConv(nn.Module):
       window_strides=(1, 1), padding="VALID",
       dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
-    return layers.bias_add(y[..., :3], bias)
+    # lax.slice: jnp indexing can become a gather under the export's
+    # symbolic batch size, and TFLite has no gather builtin for that.
+    return layers.bias_add(jax.lax.slice_in_dim(y, 0, 3, axis=3), bias)
 
 
 def _transposed_resize_conv(conv: layers.Conv, x: jax.Array, dtype) -> jax.Array:
@@ -312,7 +314,8 @@ def _subpixel_resize_conv(conv: layers.Conv, x: jax.Array, dtype) -> jax.Array:
     cols = []
     for b_ in (0, 1):
       k = jnp.moveaxis(taps[b_](jnp.moveaxis(k_rows, 1, 0)), 0, 1)  # [2, 2, Cin, Cout]
-      window = padded[:, a:a + h + 1, b_:b_ + w + 1]
+      window = jax.lax.slice_in_dim(
+        jax.lax.slice_in_dim(padded, a, a + h + 1, axis=1), b_, b_ + w + 1, axis=2)
       cols.append(jax.lax.conv_general_dilated(
         window, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")))
     rows.append(jnp.stack(cols, axis=3))  # [B, H, W, 2(b), Cout]
