@@ -5,14 +5,15 @@
 # ml_collections at least, in .whl/):
 #   bash benchmarks/gpu_session.sh            # results in $OUT/results.jsonl
 # A dry run of the same script on CPU with tiny sizes (about 3 minutes):
-#   OUT=/tmp/gpu_dry CONFIG=configs/tiny.py TRAIN_BATCH=8 INFER_BATCH=8 \
-#     bash benchmarks/gpu_session.sh
+#   OUT=/tmp/gpu_dry CONFIG=configs/tiny.py TRAIN_BATCH=8 INFER_BATCH=8 ITERS=2 \
+#     PROFILE_RUN=bf16_space_to_depth4 bash benchmarks/gpu_session.sh
 #
 # Each run is its own process (flags differ); a run cut off by the call's
-# limit leaves the lines of the runs before it. With PROFILE=1, the default
-# run's profile (jax.profiler trace) stays under /tmp; its JSON summary comes
-# back, the raw training trace as $OUT/train_bf16.trace.json.gz, and the HLO
-# and inference trace as $OUT/bf16_profiles.tar.
+# limit leaves the lines of the runs before it. PROFILE_RUN=<run name> adds a
+# profile (jax.profiler trace, ~20-40 s) to that run: its JSON summary comes
+# back in results.jsonl, the raw training trace as
+# $OUT/train_<run>.trace.json.gz, and the HLO and inference trace as
+# $OUT/<run>_profiles.tar.
 set -u -o pipefail
 OUT=${OUT:?set OUT to the folder for results.jsonl}
 CONFIG=${CONFIG:-configs/default.py}
@@ -20,10 +21,17 @@ TRAIN_BATCH=${TRAIN_BATCH:-48}
 INFER_BATCH=${INFER_BATCH:-256}
 ITERS=${ITERS:-10}
 PROFILES=${PROFILES:-/tmp/fit_jax_profiles}
+PROFILE_RUN=${PROFILE_RUN:-}
 # Which runs, by name. A session has about 15 minutes of device time in all,
 # so one call measures variants and a later one what they decided.
-RUNS=${RUNS:-"bf16 bf16_space_to_depth f32 bf16_matmul_infer bf16_transposed_infer"}
+RUNS=${RUNS:-"bf16 bf16_space_to_depth4 bf16_space_to_depth f32"}
 mkdir -p "$OUT"
+# XLA's autotuning results (cuDNN algorithms per convolution) persist across
+# the runs' processes: the variants share most convolutions, so only the
+# first run compiles cold (its compile_s is the cold figure; later ones are
+# not comparable with it).
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/fit_jax_xla_cache}
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES=all
 if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -37,37 +45,40 @@ bench() {  # name, then benchmark flags
   shift
   case " $RUNS " in *" $name "*) ;; *) return 0 ;; esac
   echo "== $name" >&2
-  local log=/tmp/fit_jax_$name.stderr
+  local log=/tmp/fit_jax_$name.stderr profile=()
+  if [[ $name == "$PROFILE_RUN" ]]; then profile=(--profile_dir "$PROFILES/$name"); fi
   python3 -m fit_jax.benchmark --config "$CONFIG" --train_batch "$TRAIN_BATCH" \
-    --infer_batch "$INFER_BATCH" --iters "$ITERS" "$@" 2> "$log" \
+    --infer_batch "$INFER_BATCH" --iters "$ITERS" "$@" ${profile[@]+"${profile[@]}"} 2> "$log" \
     | grep '^{' | sed "s/^{/{\"run\": \"$name\", /" | tee -a "$OUT/results.jsonl"
   # One log for all runs: at most 8 files come back from a device call.
   { echo "== $name"; cat "$log"; } >> "$OUT/stderr.log"
   tail -n 3 "$log" >&2
+  if [[ $name == "$PROFILE_RUN" ]]; then
+    # The raw trace of the training iteration (if under the 16 MB that come
+    # back) and the optimised HLO and inference traces, to summarise again
+    # anywhere: profile_summary.summarize_dir(folder, calls=2).
+    find "$PROFILES/$name" -name '*.trace.json.gz' -path '*train_*' -size -16M \
+      -exec cp {} "$OUT/train_$name.trace.json.gz" \; 2>/dev/null
+    (cd "$PROFILES" && find "$name" -name '*.hlo.txt.gz' -o -path '*infer_*' -name '*.trace.json.gz' \
+      | tar -cf "$OUT/${name}_profiles.tar" -T -) || echo "no profile archive" >&2
+  fi
 }
 
-# 1. The default path, bf16 (PROFILE=1 adds a profile, ~20 s more).
-profile=()
-if [[ ${PROFILE:-0} == 1 ]]; then profile=(--profile_dir "$PROFILES/default"); fi
-bench bf16 --dtypes bfloat16 --train_variants fused --infer_variants folded ${profile[@]+"${profile[@]}"}
-if [[ ${PROFILE:-0} == 1 ]]; then
-  # The raw trace of the training iteration (if under the 16 MB that come
-  # back) and the optimised HLO and inference traces, to summarise again
-  # anywhere: profile_summary.summarize_dir(folder, calls=2).
-  find "$PROFILES/default" -name '*.trace.json.gz' -path '*train_*' -size -16M \
-    -exec cp {} "$OUT/train_bf16.trace.json.gz" \; 2>/dev/null
-  (cd "$PROFILES" && find . -name '*.hlo.txt.gz' -o -path '*infer_*' -name '*.trace.json.gz' \
-    | tar -cf "$OUT/bf16_profiles.tar" -T -) || echo "no profile archive" >&2
-fi
-# 2. The RGB convolutions on 2x2 pixel blocks (12-16 channels instead of 3;
-# same traffic in the static H200 program): the candidate for the default.
+# 1. The default path, bf16.
+bench bf16 --dtypes bfloat16 --train_variants fused --infer_variants folded
+# 2. The RGB convolutions on pixel blocks (same traffic in the static H200
+# program), the candidates for the default: 4x4 blocks (48 and 1024 channels
+# at 32x32, 3x3 kernels: the residual convolutions' shapes), then 2x2 blocks
+# (16 and 256 channels, 4x4 kernels).
+bench bf16_space_to_depth4 --dtypes bfloat16 --train_variants fused --infer_variants folded \
+  --config.model.generator.rgb_conv=space_to_depth --config.model.generator.rgb_block=4
 bench bf16_space_to_depth --dtypes bfloat16 --train_variants fused --infer_variants folded \
   --config.model.generator.rgb_conv=space_to_depth
 # 3. float32, which must stay available (not measured since the first port).
 bench f32 --dtypes float32 --train_variants fused --infer_variants folded
-# 4. Inference A/Bs on the same machine (seconds each): the RGB convolutions
-# as matmuls, and the upsampling as one transposed convolution (both slower
-# than the default on 2026-11-27).
+# 4. Inference A/Bs, only when named in RUNS (seconds each): the RGB
+# convolutions as matmuls, and the upsampling as one transposed convolution
+# (both slower than the default on 2026-11-27).
 bench bf16_matmul_infer --modes infer --dtypes bfloat16 --infer_variants folded \
   --config.model.generator.rgb_conv=matmul
 bench bf16_transposed_infer --modes infer --dtypes bfloat16 --infer_variants folded \

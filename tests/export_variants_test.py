@@ -14,6 +14,7 @@ from fit_jax import models as models_lib
 VARIANTS = [
   {"rgb_conv": "matmul"},
   {"rgb_conv": "space_to_depth"},
+  {"rgb_conv": "space_to_depth", "rgb_block": 4},
   {"rgb_conv": "conv", "rgb_channels": 8},
   {"upsample": "subpixel"},
   {"upsample": "transposed"},

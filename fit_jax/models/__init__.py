@@ -47,7 +47,8 @@ def build_models(model_config) -> Models:
       upsample=g.get("upsample", "resize_conv"),
       reflect_pad_ops=g.get("reflect_pad_ops", "gather"),
       rgb_conv=g.get("rgb_conv", "conv"),
-      rgb_channels=g.get("rgb_channels", 3), dtype=dtype, **norm,
+      rgb_channels=g.get("rgb_channels", 3), rgb_block=g.get("rgb_block", 2),
+      dtype=dtype, **norm,
     ),
     discriminator=MultiScaleDiscriminator(
       ndf=d.ndf, num_layers=d.num_layers, dtype=dtype, **norm

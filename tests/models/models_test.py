@@ -166,16 +166,20 @@ def test_rgb_channels_zero_filled_compute_the_same():
     dataclasses.replace(g8, rgb_conv="matmul").init(key, x, z, train=True)
 
 
-@pytest.mark.parametrize("rgb_conv", ["matmul", "space_to_depth"])
-def test_rgb_conv_variants_compute_the_conv(rgb_conv):
+_RGB_CONV_VARIANTS = [("matmul", 2), ("space_to_depth", 2), ("space_to_depth", 4)]
+
+
+@pytest.mark.parametrize("rgb_conv,rgb_block", _RGB_CONV_VARIANTS)
+def test_rgb_conv_variants_compute_the_conv(rgb_conv, rgb_block):
   """rgb_conv=matmul (the 7x7 RGB convolutions as patches and tap-product
-  matmuls) and space_to_depth (as convolutions of 2x2 pixel blocks) have the
-  conv's parameters, outputs and gradients, folded too."""
+  matmuls) and space_to_depth (as convolutions of 2x2 or 4x4 pixel blocks)
+  have the conv's parameters, outputs and gradients, folded too."""
   import dataclasses
 
   from fit_jax import inference
 
-  g = models_lib.Generator(ngf=8, num_blocks=1, norm="batch", rgb_conv=rgb_conv)
+  g = models_lib.Generator(
+    ngf=8, num_blocks=1, norm="batch", rgb_conv=rgb_conv, rgb_block=rgb_block)
   conv = dataclasses.replace(g, rgb_conv="conv")
   key = jax.random.PRNGKey(5)
   x = jax.random.uniform(key, (2, 32, 32, 3), minval=-1, maxval=1)
@@ -196,10 +200,15 @@ def test_rgb_conv_variants_compute_the_conv(rgb_conv):
                              conv.apply(v, x, z, train=False), atol=1e-5)
   with pytest.raises(ValueError, match="rgb_conv 'fft' is not one of"):
     dataclasses.replace(g, rgb_conv="fft").init(key, x, z, train=True)
+  with pytest.raises(ValueError, match="rgb_block must be at least 1; got 0"):
+    dataclasses.replace(g, rgb_block=0).init(key, x, z, train=True)
+  with pytest.raises(ValueError, match="image 30x30 is not a multiple of the"):
+    dataclasses.replace(g, rgb_conv="space_to_depth", rgb_block=4).init(
+      key, x[:, :30, :30], z, train=True)
 
 
-@pytest.mark.parametrize("rgb_conv", ["matmul", "space_to_depth"])
-def test_rgb_conv_variants_in_bfloat16_are_as_accurate_as_the_conv(rgb_conv):
+@pytest.mark.parametrize("rgb_conv,rgb_block", _RGB_CONV_VARIANTS)
+def test_rgb_conv_variants_in_bfloat16_are_as_accurate_as_the_conv(rgb_conv, rgb_block):
   """Against the float32 model, bfloat16 with rgb_conv=matmul or
   space_to_depth errs no more than bfloat16 with lax.conv, output and every
   gradient (matmul's output bias gradient is better: a float32 sum)."""
@@ -214,7 +223,7 @@ def test_rgb_conv_variants_in_bfloat16_are_as_accurate_as_the_conv(rgb_conv):
   errors = {}
   for mode in (rgb_conv, "conv"):
     grads, out = _generator_grads(
-      dataclasses.replace(g, rgb_conv=mode, dtype=jnp.bfloat16), v, x, z)
+      dataclasses.replace(g, rgb_conv=mode, rgb_block=rgb_block, dtype=jnp.bfloat16), v, x, z)
     errors[mode] = [float(jnp.abs(out - out_ref).max())] + [
       float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
       for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref))
