@@ -130,6 +130,7 @@ def conv_by_tap_products(x: jax.Array, kernel: jax.Array, pad: int, pad_ops: str
 
 def conv_space_to_depth(
   x: jax.Array, kernel: jax.Array, pad: int, pad_ops: str, block: int = 2,
+  padded: bool = False,
 ) -> jax.Array:
   """lax.conv(reflect_pad(x, pad), kernel, VALID), computed on block x block
   pixel blocks: a convolution whose channels are (pixel in block, channel).
@@ -152,6 +153,7 @@ def conv_space_to_depth(
     pad: reflect padding on each side.
     pad_ops: layers.reflect_pad's `ops`.
     block: pixels per block side.
+    padded: x is already reflect_pad(x, pad) ([B, H + 2 pad, W + 2 pad, Cin]).
 
   Returns:
     [B, H, W, Cout] in x's dtype.
@@ -160,14 +162,17 @@ def conv_space_to_depth(
   if k != 2 * pad + 1 or kw != k:
     raise ValueError(f"kernel {kernel.shape} is not {2 * pad + 1}x{2 * pad + 1}")
   b, h, w, _ = x.shape
+  if padded:
+    h, w = h - 2 * pad, w - 2 * pad
   if h % block or w % block:
     raise ValueError(f"image {h}x{w} is not a multiple of the {block}-pixel block")
   n = -(-(block - 1 + k) // block)
   # Input blocks h / block + n - 1: the padded image, plus zero rows and
   # columns (read only through zero taps) up to whole blocks.
   rows, cols = (h // block + n - 1) * block, (w // block + n - 1) * block
-  padded = layers.reflect_pad(x, pad, ops=pad_ops)
-  padded = jnp.pad(padded, ((0, 0), (0, rows - (h + 2 * pad)), (0, cols - (w + 2 * pad)), (0, 0)))
+  if not padded:
+    x = layers.reflect_pad(x, pad, ops=pad_ops)
+  padded = jnp.pad(x, ((0, 0), (0, rows - (h + 2 * pad)), (0, cols - (w + 2 * pad)), (0, 0)))
   cin_blocked, cout_blocked = block * block * cin, block * block * cout
   extra_in, extra_out = _aligned(cin_blocked), _aligned(cout_blocked)
   blocks = padded.reshape(b, rows // block, block, cols // block, block, cin)

@@ -31,19 +31,19 @@ class ResnetBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool, stat_groups: int = 1) -> jax.Array:
-    y = x
+    y = layers.reflect_pad(x, 1, ops=self.reflect_pad_ops)
     for i in range(2):
       y = nn.Conv(
         x.shape[-1], (3, 3), padding="VALID", use_bias=False,
         kernel_init=layers.conv_init, dtype=self.dtype,
         param_dtype=self.param_dtype, name=f"conv_{i}",
-      )(layers.reflect_pad(y, 1, ops=self.reflect_pad_ops))
+      )(y)
+      # The first norm's ReLU and the second conv's padding in one op (its
+      # gradient in two passes, layers.norm_act_pad).
       y = layers.Norm(
         self.norm, self.norm_group_size, dtype=self.dtype,
         param_dtype=self.param_dtype, name=f"norm_{i}",
-      )(y, train, stat_groups)
-      if i == 0:
-        y = nn.relu(y)
+      )(y, train, stat_groups, relu=i == 0, pad=1 - i, pad_ops=self.reflect_pad_ops)
     # No activation after the addition, as the original ResnetBlock.
     return x + y
 
@@ -174,25 +174,47 @@ class Generator(nn.Module):
     # XLA on GPU would make this per-image bias a full-size side input of the
     # cuDNN call (a materialised broadcast, two extra passes over the map).
     x = x.astype(jnp.float32) + password_bias[:, None, None, :]
-    x = nn.relu(self._norm("norm_in")(x, train, stat_groups))
+    # Each ReLU'd norm also applies the padding (and upsampling) its next
+    # layer wants, so its gradient takes two passes (layers.norm_act_pad);
+    # `padded` says x already has it.
+    nd = self.num_downsampling
+    out_pad = 3 if self.rgb_conv in ("conv", "space_to_depth") else 0
+    up_pad = (1, 2) if self.upsample == "resize_conv" else (0, 1)
+    # What the layer after the residual blocks wants: an up layer's input,
+    # or the output layer's.
+    after_trunk = up_pad if nd else (out_pad, 1)
+
+    def norm_relu(name, x, pad_upsample):
+      pad, upsample = pad_upsample
+      y = self._norm(name)(x, train, stat_groups, relu=True, pad=pad,
+                           upsample=upsample, pad_ops=self.reflect_pad_ops)
+      return y, pad > 0
+
+    def after_down(i):  # what the output of down layer i (-1: norm_in) feeds
+      if i + 1 < nd:
+        return (1, 1)
+      return (0, 1) if self.num_blocks else after_trunk
+
+    x, padded = norm_relu("norm_in", x, after_down(-1))
 
     features = self.ngf
-    for i in range(self.num_downsampling):
+    for i in range(nd):
       features *= 2
       x = nn.Conv(
         features, (3, 3), strides=(2, 2), padding="VALID", use_bias=False,
         kernel_init=layers.conv_init, dtype=self.dtype,
         param_dtype=self.param_dtype, name=f"down_{i}",
-      )(self._pad(x, 1))
-      x = nn.relu(self._norm(f"down_norm_{i}")(x, train, stat_groups))
+      )(x if padded else self._pad(x, 1))
+      x, padded = norm_relu(f"down_norm_{i}", x, after_down(i))
 
     for i in range(self.num_blocks):
       x = ResnetBlock(
         self.norm, self.norm_group_size, self.reflect_pad_ops, dtype=self.dtype,
         param_dtype=self.param_dtype, name=f"block_{i}",
       )(x, train, stat_groups)
+      padded = False
 
-    for i in range(self.num_downsampling):
+    for i in range(nd):
       features //= 2
       # Resize-convolution (`use_resize_conv: True`): nearest x2, then a 3x3
       # convolution that, unlike the others, keeps its bias. Folded models
@@ -208,13 +230,13 @@ class Generator(nn.Module):
       elif self.upsample == "transposed":
         x = _transposed_resize_conv(conv, x, self.dtype)
       else:
-        x = conv(self._pad(x, 1, upsample=2))
-      x = nn.relu(self._norm(f"up_norm_{i}")(x, train, stat_groups))
+        x = conv(x if padded else self._pad(x, 1, upsample=2))
+      x, padded = norm_relu(f"up_norm_{i}", x, up_pad if i + 1 < nd else (out_pad, 1))
 
     x = _OutputConv(
       self.rgb_conv, self.rgb_channels, self.rgb_block, self.reflect_pad_ops,
       self.dtype, self.param_dtype, name="conv_out",
-    )(x)
+    )(x, padded)
     # No global skip connection: the output is the tanh itself.
     return jnp.tanh(x.astype(jnp.float32))
 
@@ -234,21 +256,28 @@ class _OutputConv(nn.Module):
   param_dtype: Dtype
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, padded: bool = False) -> jax.Array:
+    """x: [B, H, W, C], or already reflect-padded by 3 if `padded` (rgb_conv
+    `conv` or `space_to_depth`)."""
     kernel = self.param(
       "kernel", layers.conv_init, (7, 7, x.shape[-1], 3), self.param_dtype)
     bias = self.param("bias", nn.initializers.zeros, (3,), self.param_dtype)
     if self.rgb_conv == "matmul":
+      if padded:
+        raise ValueError("rgb_conv 'matmul' pads the tap products, not its input")
       y = few_channel_conv.conv_by_tap_products(
         x.astype(self.dtype), kernel.astype(self.dtype), 3, self.reflect_pad_ops)
       return y + bias.astype(jnp.float32)
     if self.rgb_conv == "space_to_depth":
       y = few_channel_conv.conv_space_to_depth(
-        x.astype(self.dtype), kernel.astype(self.dtype), 3, self.reflect_pad_ops, self.block)
+        x.astype(self.dtype), kernel.astype(self.dtype), 3, self.reflect_pad_ops, self.block,
+        padded=padded)
       return layers.bias_add(y, bias)
     extra = self.channels - 3
+    if not padded:
+      x = layers.reflect_pad(x, 3, ops=self.reflect_pad_ops)
     y = jax.lax.conv_general_dilated(
-      layers.reflect_pad(x.astype(self.dtype), 3, ops=self.reflect_pad_ops),
+      x.astype(self.dtype),
       jnp.pad(kernel.astype(self.dtype), ((0, 0),) * 3 + ((0, extra),)),
       window_strides=(1, 1), padding="VALID",
       dimension_numbers=("NHWC", "HWIO", "NHWC"),
