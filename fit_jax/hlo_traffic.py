@@ -6,7 +6,8 @@ fit_jax.static_benchmark). Each top-level op of the ENTRY computation is one
 kernel (a fusion, a cuDNN or cuBLAS call, a copy; a `call`, such as a CUDA
 graph of several kernels, counts those kernels); its traffic is the bytes
 it writes plus the bytes it reads, where an operand that the fused body only
-slices or gathers from counts the slices' bytes, not the whole operand.
+slices or gathers from (directly or after elementwise ops) counts the
+slices' bytes, not the whole operand.
 
 `summarize` adds a roofline floor: each op takes at least its FLOPs at the
 device's peak and its bytes at the device's bandwidth. Real kernels are
@@ -31,6 +32,14 @@ _FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "afte
          "partition-id", "replica-id"}
 # A fused parameter read only through these ops costs their outputs' bytes.
 _PARTIAL_READS = {"slice", "dynamic-slice", "gather"}
+# Ops that map each input element to the output element at the same index:
+# a slice after them reads only the sliced elements of their inputs (the
+# emitter computes a fusion's values per output element).
+_ELEMENTWISE = {
+  "convert", "bitcast", "reshape", "add", "subtract", "multiply", "divide", "maximum",
+  "minimum", "negate", "abs", "exponential", "log", "sqrt", "rsqrt", "tanh", "select",
+  "compare", "and", "or", "not", "clamp", "power",
+}
 _TO_APPLY = re.compile(r"to_apply=%?([\w.\-]+)")
 
 
@@ -41,6 +50,13 @@ class OpTraffic:
   flops: float
   bytes_read: int
   bytes_written: int
+
+
+def _elements(type_text: str) -> int:
+  count = 1
+  for d in _ARRAY.search(type_text).group(2).split(","):
+    count *= int(d) if d else 1
+  return count
 
 
 def array_bytes(type_text: str) -> int:
@@ -85,14 +101,32 @@ def entry_traffic(hlo_text: str) -> list[OpTraffic]:
     if op.opcode != "fusion" or not op.called:
       return reads
     members = body.get(op.called[0], [])
-    params = {int(m.line.split("parameter(")[1].split(")")[0]): m.name
-              for m in members if m.opcode == "parameter"}
-    for index, param in params.items():
-      users = [m for m in members if param in m.operands]
-      # Only the data operand of a slice or gather is read partially.
-      if index < len(reads) and users and all(
-          u.opcode in _PARTIAL_READS and u.operands[0] == param for u in users):
-        reads[index] = min(reads[index], sum(array_bytes(u.result_type) for u in users))
+    users = collections.defaultdict(list)
+    for m in members:
+      for operand in set(m.operands):
+        users[operand].append(m)
+    shapes = {m.name: m.result_type for m in members}
+
+    def fraction_read(name: str) -> float:
+      """The share of `name`'s elements that the fusion's outputs need."""
+      if not users[name]:
+        return 1.0  # an output of the fusion
+      total = 0.0
+      for u in users[name]:
+        if u.opcode in _PARTIAL_READS and u.operands[0] == name:
+          # Only the data operand of a slice or gather is read partially.
+          total += _elements(u.result_type) / _elements(shapes[name])
+        elif u.opcode in _ELEMENTWISE and _elements(u.result_type) == _elements(shapes[name]):
+          total += fraction_read(u.name)
+        else:
+          return 1.0
+      return min(total, 1.0)
+
+    for m in members:
+      if m.opcode == "parameter":
+        index = int(m.line.split("parameter(")[1].split(")")[0])
+        if index < len(reads):
+          reads[index] = round(reads[index] * fraction_read(m.name))
     return reads
 
   def kernels(computation: str):

@@ -40,6 +40,44 @@ ENTRY %main (x: bf16[8,64,64,32], w: bf16[32,3,3,32]) -> bf16[8,64,64,32] {
 """
 
 
+_ROW_STATISTICS = """HloModule rows
+
+%fused_row_mean (p0: bf16[4,64,64,8], p1: f32[4,8]) -> f32[4,8] {
+  %p0 = bf16[4,64,64,8]{3,2,1,0} parameter(0)
+  %p1 = f32[4,8]{1,0} parameter(1)
+  %c = f32[4,64,64,8]{3,2,1,0} convert(%p0)
+  %b = f32[4,64,64,8]{3,2,1,0} broadcast(%p1), dimensions={0,3}
+  %a = f32[4,64,64,8]{3,2,1,0} add(%c, %b)
+  %s = f32[4,1,64,8]{3,2,1,0} slice(%a), slice={[0:4], [0:1], [0:64], [0:8]}
+  %zero = f32[] constant(0)
+  ROOT %r = f32[4,8]{1,0} reduce(%s, %zero), dimensions={1,2}, to_apply=%sum
+}
+
+%fused_full (p0.1: bf16[4,64,64,8]) -> (f32[4,64,64,8], bf16[4,1,64,8]) {
+  %p0.1 = bf16[4,64,64,8]{3,2,1,0} parameter(0)
+  %c.1 = f32[4,64,64,8]{3,2,1,0} convert(%p0.1)
+  %s.1 = bf16[4,1,64,8]{3,2,1,0} slice(%p0.1), slice={[0:4], [0:1], [0:64], [0:8]}
+  ROOT %t = (f32[4,64,64,8]{3,2,1,0}, bf16[4,1,64,8]{3,2,1,0}) tuple(%c.1, %s.1)
+}
+
+ENTRY %main (x: bf16[4,64,64,8], y: f32[4,8]) -> f32[4,8] {
+  %x = bf16[4,64,64,8]{3,2,1,0} parameter(0)
+  %y = f32[4,8]{1,0} parameter(1)
+  %input_reduce_fusion = f32[4,8]{1,0} fusion(%x, %y), kind=kInput, calls=%fused_row_mean
+  ROOT %loop_convert_fusion = (f32[4,64,64,8]{3,2,1,0}, bf16[4,1,64,8]{3,2,1,0}) fusion(%x), kind=kLoop, calls=%fused_full
+}
+"""
+
+
+def test_a_slice_after_elementwise_ops_reads_only_its_elements():
+  ops = {op.name: op for op in hlo_traffic.entry_traffic(_ROW_STATISTICS)}
+  # One image row of 64: 1/64 of x, through convert and add; the broadcast
+  # operand is read in full.
+  assert ops["input_reduce_fusion"].bytes_read == 4 * 64 * 8 * 2 + 4 * 8 * 4
+  # Sliced by one user but converted whole by another: read in full.
+  assert ops["loop_convert_fusion"].bytes_read == 4 * 64 * 64 * 8 * 2
+
+
 def test_kernels_flops_and_bytes_of_a_module():
   image = 8 * 64 * 64 * 32 * 2
   ops = {op.name: op for op in hlo_traffic.entry_traffic(_MODULE)}

@@ -145,3 +145,19 @@ def test_norm_with_relu_and_padding_is_the_composition(mode, train, pad_ops):
     variables["params"], x)
   for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_one_pass_moments_are_as_accurate_as_two_passes():
+  """The shifted one-pass statistics against float64, where the plain
+  E[x^2] - E[x]^2 would cancel: a mean 1,000x the spread, and a first row
+  (the shift's source) far from the rest."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(100.0, 0.01, (2, 4, 1, 16, 16, 3)).astype(np.float32)
+  x[:, :, :, 0] += 0.5  # the first rows: 50 standard deviations off
+  mean, var = layers._moments(jnp.asarray(x), (1, 3, 4))
+  x64 = x.astype(np.float64)
+  np.testing.assert_allclose(mean, x64.mean(axis=(1, 3, 4), keepdims=True), rtol=1e-7)
+  np.testing.assert_allclose(var, x64.var(axis=(1, 3, 4), keepdims=True), rtol=1e-4)
+  # The unshifted one-pass form, in float32, is off by percents here.
+  naive = np.mean(x ** 2, axis=(1, 3, 4)) - np.mean(x, axis=(1, 3, 4)) ** 2
+  assert np.abs(naive / x64.var(axis=(1, 3, 4)) - 1).max() > 1e-2
