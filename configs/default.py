@@ -67,8 +67,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Upsampling layers: resize_conv (the reference's nearest x2 + reflect pad +
   # 3x3 conv), subpixel (the same function and parameters as four 2x2
   # convolutions on the low-resolution map: 2.25x fewer FLOPs there) or
-  # transposed (the same as one transposed convolution with a 4x4 kernel).
-  # On an H200 resize_conv measured fastest (benchmarks/README.md).
+  # transposed (the same as one transposed convolution with a 4x4 kernel) or
+  # phase (one 3x3 convolution of the low-resolution map with the four output
+  # phases as channels: the same MACs, no x2 input map; not yet measured).
+  # On an H200 resize_conv measured faster than subpixel and transposed
+  # (benchmarks/README.md).
   config.model.generator.upsample = "resize_conv"
   # How reflect padding is computed (same values): gather (one pass over
   # memory, nearest upsampling folded in) or concatenate (jnp.pad's ops; two

@@ -30,6 +30,13 @@ def _conv_norm_pairs(model: generator_lib.Generator):
   return pairs
 
 
+def _folded_keeps_conv_bias(model: generator_lib.Generator, conv_path) -> bool:
+  """upsample="phase" adds an up-convolution's bias itself, tiled over the
+  output phases (where XLA fuses it into the cuDNN call); elsewhere the
+  folded norm's bias carries it."""
+  return model.upsample == "phase" and conv_path[0].startswith("up_")
+
+
 def _get(tree, path):
   for key in path:
     tree = tree[key]
@@ -68,6 +75,14 @@ def fold_batch_norm(
     scale = norm["scale"] * jnp.reciprocal(jnp.sqrt(var + _EPS))
     shift = norm["bias"] - mean * scale
     _set(params, conv_path, _get(params, conv_path) * scale)
+    if has_bias and _folded_keeps_conv_bias(model, conv_path):
+      # All of the norm goes into the convolution: the folded generator has
+      # no norm there (a zero bias after the depth-to-space would become a
+      # full-size cuDNN side input).
+      conv = _get(params, conv_path[:-1])
+      conv["bias"] = conv["bias"] * scale + shift
+      del params[norm_path[0]]
+      continue
     if has_bias:
       # The folded generator's convolution has no bias of its own.
       conv = _get(params, conv_path[:-1])

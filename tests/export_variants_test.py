@@ -18,6 +18,7 @@ VARIANTS = [
   {"rgb_conv": "conv", "rgb_channels": 8},
   {"upsample": "subpixel"},
   {"upsample": "transposed"},
+  {"upsample": "phase"},
 ]
 
 

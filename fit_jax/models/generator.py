@@ -16,7 +16,7 @@ from fit_jax.models import few_channel_conv, layers
 
 Dtype = Any
 
-UPSAMPLE_MODES = ("resize_conv", "subpixel", "transposed")
+UPSAMPLE_MODES = ("resize_conv", "subpixel", "transposed", "phase")
 RGB_CONV_MODES = ("conv", "matmul", "space_to_depth")
 
 
@@ -64,7 +64,10 @@ class Generator(nn.Module):
       again as one stride-2 transposed convolution with a 4x4 kernel made
       from the 3x3 one: no x2 map and no interleave; see
       _transposed_resize_conv). On an H200, both measured slower than
-      resize_conv (benchmarks/README.md).
+      resize_conv (benchmarks/README.md). Or `phase`: one 3x3 convolution of
+      the low-resolution map with the four output phases as channels, and a
+      depth-to-space (the same MACs as resize_conv, without the x2 input map;
+      see _phase_resize_conv). Not measured on a GPU yet.
     reflect_pad_ops: `gather` (one pass over memory per padding) or
       `concatenate` (jnp.pad's ops, for TFLite export); see
       layers.reflect_pad. The same values either way.
@@ -221,7 +224,10 @@ class Generator(nn.Module):
       # carry it in the norm's bias (fit_jax.inference): one bias per
       # output channel is what XLA fuses into the cuDNN call.
       conv = layers.Conv(
-        features, (3, 3), padding="VALID", add_bias=self.norm != "folded",
+        features, (3, 3), padding="VALID",
+        # `phase` keeps its bias when folded (it adds it before the
+        # depth-to-space, where XLA fuses it into the cuDNN call).
+        add_bias=self.norm != "folded" or self.upsample == "phase",
         kernel_init=layers.conv_init, dtype=self.dtype,
         param_dtype=self.param_dtype, name=f"up_{i}",
       )
@@ -229,9 +235,18 @@ class Generator(nn.Module):
         x = _subpixel_resize_conv(conv, x, self.dtype)
       elif self.upsample == "transposed":
         x = _transposed_resize_conv(conv, x, self.dtype)
+      elif self.upsample == "phase":
+        x = _phase_resize_conv(conv, x, self.dtype, self.reflect_pad_ops)
       else:
         x = conv(x if padded else self._pad(x, 1, upsample=2))
-      x, padded = norm_relu(f"up_norm_{i}", x, up_pad if i + 1 < nd else (out_pad, 1))
+      wanted = up_pad if i + 1 < nd else (out_pad, 1)
+      if self.norm == "folded" and self.upsample == "phase":
+        # Folded, this norm is all in the convolution's bias
+        # (inference.fold_batch_norm): only the ReLU and padding are left.
+        x = layers.reflect_pad(nn.relu(x), *wanted, ops=self.reflect_pad_ops)
+        padded = wanted[0] > 0
+      else:
+        x, padded = norm_relu(f"up_norm_{i}", x, wanted)
 
     x = _OutputConv(
       self.rgb_conv, self.rgb_channels, self.rgb_block, self.reflect_pad_ops,
@@ -322,6 +337,44 @@ def _transposed_resize_conv(conv: layers.Conv, x: jax.Array, dtype) -> jax.Array
   if "bias" in conv.variables["params"]:
     out = layers.bias_add(out, conv.variables["params"]["bias"])
   return out
+
+
+def _phase_resize_conv(conv: layers.Conv, x: jax.Array, dtype, pad_ops: str) -> jax.Array:
+  """conv(reflect_pad(nearest_x2(x), 1)) as one convolution of x.
+
+  As in _subpixel_resize_conv, output pixel 2i + a reads, per axis, rows
+  i - 1, i, i + 1 of x edge-padded by one with taps [K0, K1 + K2, 0] (a = 0)
+  or [0, K0 + K1, K2] (a = 1). The four phases' 3x3 kernels stacked on the
+  output axis make one 3x3 convolution of the low-resolution map with
+  4 x Cout outputs, (a, b, channel) at each pixel, and a depth-to-space
+  gives the x2 output: the same MACs as the resize-convolution, with no x2
+  input map written and read (XLA fuses the depth-to-space into the next
+  padding gather; static H200 program in benchmarks/README.md). The bias is
+  added before the depth-to-space, tiled over the phases, so that it is a
+  per-channel bias of the cuDNN call.
+  """
+  b, h, w, c = x.shape
+  # Create (or fetch) the conv's parameters through the module itself.
+  conv(jnp.zeros((1, 3, 3, c), x.dtype))
+  kernel = conv.variables["params"]["kernel"].astype(dtype)
+
+  def phases(k, axis):  # 3 taps -> ([K0, K1 + K2, 0], [0, K0 + K1, K2])
+    k0, k1, k2 = (jnp.take(k, i, axis=axis) for i in range(3))
+    zero = jnp.zeros_like(k0)
+    return (jnp.stack([k0, k1 + k2, zero], axis=axis),
+            jnp.stack([zero, k0 + k1, k2], axis=axis))
+
+  cout = kernel.shape[3]
+  stacked = jnp.stack(
+    [jnp.stack(phases(rows, 1), axis=3) for rows in phases(kernel, 0)], axis=3,
+  ).reshape(3, 3, c, 4 * cout)  # output channel (a * 2 + b) * Cout + o
+  y = jax.lax.conv_general_dilated(
+    layers.edge_pad(x.astype(dtype), 1, ops=pad_ops), stacked, (1, 1), "VALID",
+    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  if "bias" in conv.variables["params"]:
+    y = layers.bias_add(y, jnp.tile(conv.variables["params"]["bias"], 4))
+  y = y.reshape(b, h, w, 2, 2, cout)
+  return jnp.transpose(y, (0, 1, 3, 2, 4, 5)).reshape(b, 2 * h, 2 * w, cout)
 
 
 def _subpixel_resize_conv(conv: layers.Conv, x: jax.Array, dtype) -> jax.Array:

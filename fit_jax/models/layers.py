@@ -95,6 +95,45 @@ def _reflect_pad_transpose(grad: jax.Array, pad: int, upsample: int) -> jax.Arra
 _reflect_pad.defvjp(_reflect_pad_fwd, _reflect_pad_bwd)
 
 
+def edge_pad(x: jax.Array, pad: int, ops: str = "gather") -> jax.Array:
+  """jnp.pad(x, mode="edge") over H and W of an NHWC tensor: as reflect_pad,
+  one gather with constant indices and a gradient of slices and adds (jnp.pad
+  is a concatenate pass per axis); `ops="concatenate"` keeps jnp.pad's."""
+  if ops not in REFLECT_PAD_OPS:
+    raise ValueError(f"edge pad ops {ops!r} is not one of {REFLECT_PAD_OPS}")
+  if pad == 0:
+    return x
+  if ops == "concatenate":
+    return edge_pad_reference(x, pad)
+  return _edge_pad(x, pad)
+
+
+def edge_pad_reference(x: jax.Array, pad: int) -> jax.Array:
+  return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _edge_pad(x, pad):
+  rows = np.clip(np.arange(-pad, x.shape[1] + pad), 0, x.shape[1] - 1)
+  cols = np.clip(np.arange(-pad, x.shape[2] + pad), 0, x.shape[2] - 1)
+  return x[:, rows[:, None], cols[None, :]]
+
+
+def _edge_pad_fwd(x, pad):
+  return _edge_pad(x, pad), None
+
+
+def _edge_pad_bwd(pad, _, grad):
+  b, h, w, c = grad.shape
+  transpose = jax.linear_transpose(
+    functools.partial(edge_pad_reference, pad=pad),
+    jax.ShapeDtypeStruct((b, h - 2 * pad, w - 2 * pad, c), grad.dtype))
+  return transpose(grad)
+
+
+_edge_pad.defvjp(_edge_pad_fwd, _edge_pad_bwd)
+
+
 @jax.custom_vjp
 def bias_add(x: jax.Array, bias: jax.Array) -> jax.Array:
   """x + bias over the last axis, in x's dtype, with the bias gradient summed

@@ -2,6 +2,8 @@
 compute, with nn.Conv's parameters; layers.norm_act_pad and Norm: the
 written-out BatchNorm gradient equals the automatic one."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -161,3 +163,20 @@ def test_one_pass_moments_are_as_accurate_as_two_passes():
   # The unshifted one-pass form, in float32, is off by percents here.
   naive = np.mean(x ** 2, axis=(1, 3, 4)) - np.mean(x, axis=(1, 3, 4)) ** 2
   assert np.abs(naive / x64.var(axis=(1, 3, 4)) - 1).max() > 1e-2
+
+
+def test_edge_pad_is_jnp_pad_with_a_scatter_free_gradient():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 4, 3))
+  weights = jax.random.normal(jax.random.PRNGKey(1), (2, 9, 8, 3))
+  for ops in ("gather", "concatenate"):
+    np.testing.assert_array_equal(layers.edge_pad(x, 2, ops=ops), layers.edge_pad_reference(x, 2))
+
+  def loss(pad_fn, x):
+    return jnp.sum(pad_fn(x, 2) * weights)
+
+  grad = jax.grad(functools.partial(loss, layers.edge_pad))
+  np.testing.assert_allclose(grad(x), jax.grad(functools.partial(loss, layers.edge_pad_reference))(x),
+                             rtol=1e-6)
+  assert "scatter" not in str(jax.make_jaxpr(grad)(x))
+  with pytest.raises(ValueError, match="edge pad ops 'wrap' is not one of"):
+    layers.edge_pad(x, 1, ops="wrap")
