@@ -356,11 +356,11 @@ def norm_act_pad(x, scale, bias, groups, epsilon, dtype, relu, pad, upsample):
   Returns:
     (output, mean, var), the statistics [groups[0], 1, groups[2], 1, 1, C].
 
-  The same values as norm_act_pad_reference, whose automatic gradient on a
-  GPU takes ~3 passes over x per layer beyond the ideal: a whole reduction
-  of x - mean for the mean's path through the two-pass variance (exactly
-  0), d(scale) and d(bias) in extra passes, and the masked, unpadded
-  cotangent written out and read back. The gradient here is the textbook
+  The same values as norm_act_pad_reference. Its automatic gradient took
+  ~5 passes over x per layer on a GPU (with the earlier two-pass
+  statistics: a whole reduction of x - mean for the mean's path through the
+  variance, exactly 0; d(scale) and d(bias) in extra passes; the masked,
+  unpadded cotangent written out and read back). The gradient here is the textbook
   one in two passes, both reading only x and the padded cotangent g:
   sum(dy) and sum(dy * xhat) per group, where dy = relu'(y) * P^T g (P the
   padding), are sum(g * P(relu'(y))) and sum(g * P(relu'(y) * xhat)):
