@@ -141,6 +141,8 @@ def test_static_benchmark_compiles_without_running(tmp_path):
     assert sum(c["kernels"] for c in r["by_category"].values()) == r["kernels"]
     assert sum(c["gflop"] for c in r["by_category"].values()) == pytest.approx(
       r["gflop"], rel=1e-3)
+    # The compiler's memory estimate holds at least the parameters.
+    assert r["devices"] == 1 and all(m > 0 for m in r["memory_gib_by_program"])
 
 
 def test_static_benchmark_target_errors_and_gpu_target(tmp_path):
