@@ -125,6 +125,21 @@ def test_reflect_pad_is_upsample_then_pad(shape, pad, upsample):
   np.testing.assert_allclose(grad, grad_ref, rtol=1e-6, atol=1e-6)
   grad_jaxpr = str(jax.make_jaxpr(jax.grad(lambda x: jnp.sum(layers.reflect_pad(x, pad, upsample))))(x))
   assert "scatter" not in grad_jaxpr
+  # In bf16 the cells that copy one pixel (up to 16 with upsampling) are
+  # summed in float32 and rounded once, by the GPU/CPU formulation (the
+  # default here) and the TPU one alike.
+  cotangent16 = cotangent.astype(jnp.bfloat16)
+  grad16 = jax.vjp(lambda x: layers.reflect_pad(x, pad, upsample), x.astype(jnp.bfloat16))[1](
+    cotangent16)[0]
+  exact = jax.vjp(lambda x: layers.reflect_pad_reference(x, pad, upsample), x)[1](
+    cotangent16.astype(jnp.float32))[0]
+  assert grad16.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(grad16, exact.astype(jnp.bfloat16))
+  for formulation in (layers._transpose_as_chain, layers._transpose_as_slices):
+    np.testing.assert_array_equal(
+      formulation(cotangent16, pad, upsample, jnp.bfloat16), exact.astype(jnp.bfloat16))
+    np.testing.assert_allclose(formulation(cotangent, pad, upsample, jnp.float32), grad_ref,
+                               rtol=1e-6, atol=1e-6)
   # The export's ops (TFLite has no gather with a run-time batch) agree.
   np.testing.assert_array_equal(layers.reflect_pad(x, pad, upsample, ops="concatenate"), ref)
   with pytest.raises(ValueError, match="reflect padding 4 needs more than"):
