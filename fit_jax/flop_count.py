@@ -325,6 +325,7 @@ _PEAKS = (
   ("TPU v5 lite", {"bfloat16": 197e12}),
   ("TPU v5e", {"bfloat16": 197e12}),
   ("TPU v4", {"bfloat16": 275e12}),
+  ("TPU v5", {"bfloat16": 459e12}),  # how a v5p names itself (after "TPU v5 lite")
 )
 
 

@@ -26,8 +26,8 @@ Prints one JSON line per program: model FLOPs (flop_count, from the jaxpr),
 the FLOPs the compiled program executes, and hlo_traffic's summary: kernels,
 memory traffic by op category, the heaviest kernels and the roofline floor
 (peak FLOP/s from flop_count.peak_flops, bandwidth from the target's
-memory_bandwidth), and the compiler's memory estimate per device (the largest
-program's arguments, outputs and temporaries, donated buffers counted once).
+memory_bandwidth), and the compiler's memory estimate per device for each
+program (arguments, outputs and temporaries, donated buffers counted once).
 Nothing runs, so the figures say what a change does to the program (fewer
 kernels, fewer bytes), not how fast it runs.
 

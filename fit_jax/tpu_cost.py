@@ -18,21 +18,24 @@ import collections
 import dataclasses
 import re
 
+from fit_jax import hlo_traffic
+
 # Clock (Hz) and HBM bandwidth (bytes/s) of the TPU chips whose clock follows
 # from the published bf16 peak: peak = TensorCores x MXUs x 128 x 128 x 2 x clock.
+# First match of a substring of the device kind (a v5p reports "TPU v5", a
+# v5e "TPU v5 lite"). On the two-TensorCore chips the estimates count the
+# chip's cycles: a 309 GFLOP convolution comes to 1.21 M cycles on a v5p,
+# 447 TFLOP/s at 1.75 GHz.
 _CHIPS = (
   ("TPU v5 lite", 1.5e9, 819e9),  # 197 TFLOP/s, 1 TensorCore x 4 MXUs
   ("TPU v5e", 1.5e9, 819e9),
-  ("TPU v5p", 1.75e9, 2765e9),  # 459 TFLOP/s, 2 TensorCores x 4 MXUs
+  ("TPU v5", 1.75e9, 2765e9),  # v5p: 459 TFLOP/s, 2 TensorCores x 4 MXUs
   ("TPU v4", 1.05e9, 1228e9),  # 275 TFLOP/s, 2 TensorCores x 4 MXUs
 )
 
 _INSTRUCTION = re.compile(r"\s*(?:ROOT )?%([\w.\-]+) = (\(.*?\)|\S+) ([\w\-]+)\(")
 _CYCLES = re.compile(r'"estimated_cycles":"(\d+)"')
 _OP_NAME = re.compile(r'op_name="([^"]+)"')
-_ARRAY = re.compile(r"(pred|s8|u8|s16|u16|s32|u32|s64|u64|bf16|f16|f32|f64)\[([\d,]*)\]")
-_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2,
-          "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,16 +53,6 @@ def chip(device_kind: str) -> tuple[float, float] | None:
     if kind.lower() in device_kind.lower():
       return clock, bandwidth
   return None
-
-
-def _bytes(type_text: str) -> int:
-  total = 0
-  for dtype, dims in _ARRAY.findall(type_text):
-    n = 1
-    for d in filter(None, dims.split(",")):
-      n *= int(d)
-    total += n * _BYTES[dtype]
-  return total
 
 
 def entry_ops(hlo_text: str) -> list[TpuOp]:
@@ -84,7 +77,7 @@ def entry_ops(hlo_text: str) -> list[TpuOp]:
     ops.append(TpuOp(
       name, opcode + (":" + kind.group(1) if kind else ""),
       int(cycles.group(1)) if cycles else None,
-      _bytes(type_text.split("{")[0] if not type_text.startswith("(") else type_text),
+      hlo_traffic.array_bytes(type_text),
       op_name.group(1) if op_name else ""))
   return ops
 

@@ -60,6 +60,18 @@ def test_summary_in_cycles_and_ms_for_a_known_chip():
   assert "tpu_estimated_ms" not in unknown and "tpu_gather_floor_ms" not in unknown
 
 
+def test_chips_by_the_names_libtpu_gives_them():
+  from fit_jax import flop_count
+
+  # A v5e calls itself "TPU v5 lite", a v5p just "TPU v5".
+  assert tpu_cost.chip("TPU v5 lite") == (1.5e9, 819e9)
+  assert tpu_cost.chip("TPU v5") == (1.75e9, 2765e9)
+  assert tpu_cost.chip("TPU v4") == (1.05e9, 1228e9)
+  assert tpu_cost.chip("NVIDIA H200") is None
+  assert flop_count.peak_flops("TPU v5 lite", "bfloat16") == 197e12
+  assert flop_count.peak_flops("TPU v5", "bfloat16") == 459e12
+
+
 def test_tpu_topology_needs_libtpu_or_names_the_slice():
   from fit_jax import static_benchmark
 
