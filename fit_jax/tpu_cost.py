@@ -18,7 +18,7 @@ import collections
 import dataclasses
 import re
 
-from fit_jax import hlo_traffic
+from fit_jax import flop_count, hlo_traffic
 
 # Clock (Hz) and HBM bandwidth (bytes/s) of the TPU chips whose clock follows
 # from the published bf16 peak: peak = TensorCores x MXUs x 128 x 128 x 2 x clock.
@@ -33,7 +33,11 @@ _CHIPS = (
   ("TPU v4", 1.05e9, 1228e9),  # 275 TFLOP/s, 2 TensorCores x 4 MXUs
 )
 
-_INSTRUCTION = re.compile(r"\s*(?:ROOT )?%([\w.\-]+) = (\(.*?\)|\S+) ([\w\-]+)\(")
+# Instructions that launch no work of their own (the done half of an async
+# copy or slice waits for its start).
+_BOOKKEEPING = ("parameter", "constant", "get-tuple-element", "bitcast", "tuple", "reshape",
+                "copy-done", "slice-done", "after-all")
+_KIND = re.compile(r"kind=(k\w+)")
 _CYCLES = re.compile(r'"estimated_cycles":"(\d+)"')
 _OP_NAME = re.compile(r'op_name="([^"]+)"')
 
@@ -57,27 +61,19 @@ def chip(device_kind: str) -> tuple[float, float] | None:
 
 def entry_ops(hlo_text: str) -> list[TpuOp]:
   """The entry computation's instructions that launch work, with estimates."""
-  start = hlo_text.find("\nENTRY ")
-  if start < 0:
+  instructions, entry = flop_count.parse_hlo_module(hlo_text)
+  if not entry:
     raise ValueError("no ENTRY computation in the HLO text")
   ops = []
-  for line in hlo_text[start:].splitlines()[1:]:
-    if line.startswith("}"):
-      break
-    match = _INSTRUCTION.match(line)
-    if not match:
+  for i in instructions:
+    if i.computation != entry or i.opcode in _BOOKKEEPING:
       continue
-    name, type_text, opcode = match.groups()
-    if opcode in ("parameter", "constant", "get-tuple-element", "bitcast", "tuple",
-                  "reshape", "copy-done", "slice-done", "after-all"):
-      continue
-    kind = re.search(r"kind=(k\w+)", line)
-    cycles = _CYCLES.search(line)
-    op_name = _OP_NAME.search(line)
+    kind = _KIND.search(i.line)
+    cycles = _CYCLES.search(i.line)
+    op_name = _OP_NAME.search(i.line)
     ops.append(TpuOp(
-      name, opcode + (":" + kind.group(1) if kind else ""),
-      int(cycles.group(1)) if cycles else None,
-      hlo_traffic.array_bytes(type_text),
+      i.name, i.opcode + (":" + kind.group(1) if kind else ""),
+      int(cycles.group(1)) if cycles else None, hlo_traffic.array_bytes(i.result_type),
       op_name.group(1) if op_name else ""))
   return ops
 
