@@ -82,8 +82,11 @@ bench bf16_space_to_depth4_phase --dtypes bfloat16 --train_variants fused --infe
   --config.model.generator.upsample=phase
 bench bf16_space_to_depth --dtypes bfloat16 --train_variants fused --infer_variants folded \
   --config.model.generator.rgb_conv=space_to_depth
-# 3. float32, which must stay available (not measured since the first port).
+# 3. float32, which must stay available (not measured since the first port):
+# with the default, and with the 4x4-block RGB layers (the likely default).
 bench f32 --dtypes float32 --train_variants fused --infer_variants folded
+bench f32_space_to_depth4 --dtypes float32 --train_variants fused --infer_variants folded \
+  --config.model.generator.rgb_conv=space_to_depth --config.model.generator.rgb_block=4
 # 4. Inference A/Bs, only when named in RUNS (seconds each): the RGB
 # convolutions as matmuls, and the upsampling as one transposed convolution
 # (both slower than the default on 2026-11-27).
