@@ -32,8 +32,9 @@ mkdir -p "$OUT"
 # first run compiles cold (its compile_s is the cold figure; later ones are
 # not comparable with it). Only the autotuning: JAX's persistent cache with
 # JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES=all also turns on XLA's kernel
-# cache file, which on Hopper reuses Triton kernels without their TMA
-# descriptors (openxla/xla#35951). With it, on 2026-11-27, every run of this
+# cache file, whose reuse of one executable's kernels in another has known
+# bugs (on Hopper, Triton kernels without their TMA descriptors:
+# openxla/xla#35951). With it, on 2026-11-27, every run of this
 # script died in its second executable (the discriminator step) with
 # CUDA_ERROR_ILLEGAL_INSTRUCTION or a cuDNN execution failure, on two H200s;
 # the calls before it, without any cache, had run the same steps. The kernel
