@@ -35,7 +35,8 @@ mkdir -p "$OUT"
 # cache file, whose reuse of one executable's kernels in another has known
 # bugs (on Hopper, Triton kernels without their TMA descriptors:
 # openxla/xla#35951). With it, on 2026-11-27, every run of this
-# script died in its second executable (the discriminator step) with
+# script died in the discriminator step (compiled after the generator step
+# had filled that file) with
 # CUDA_ERROR_ILLEGAL_INSTRUCTION or a cuDNN execution failure, on two H200s;
 # the calls before it, without any cache, had run the same steps. The kernel
 # cache is the likely cause, not yet confirmed on a GPU.
