@@ -34,12 +34,12 @@ mkdir -p "$OUT"
 # JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES=all also turns on XLA's kernel
 # cache file, whose reuse of one executable's kernels in another has known
 # bugs (on Hopper, Triton kernels without their TMA descriptors:
-# openxla/xla#35951). With it, on 2026-11-27, every run of this
-# script died in the discriminator step (compiled after the generator step
-# had filled that file) with
-# CUDA_ERROR_ILLEGAL_INSTRUCTION or a cuDNN execution failure, on two H200s;
-# the calls before it, without any cache, had run the same steps. The kernel
-# cache is the likely cause, not yet confirmed on a GPU.
+# openxla/xla#35951). With it, on 2026-11-27, every run of this script
+# died in the discriminator step (compiled after the generator step had
+# filled that file) with CUDA_ERROR_ILLEGAL_INSTRUCTION or a cuDNN execution
+# failure, on two H200s; the calls before it, with no cache, had run the
+# training steps (as of 2921e51). The kernel cache is the likely cause, not
+# yet confirmed on a GPU.
 AUTOTUNE_CACHE=${AUTOTUNE_CACHE:-/tmp/fit_jax_autotune}
 mkdir -p "$AUTOTUNE_CACHE"
 XLA_FLAGS_GIVEN=${XLA_FLAGS:-}
