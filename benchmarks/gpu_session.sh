@@ -4,6 +4,10 @@
 # On the lent GPU machine (repo root; wheels of packages its image lacks,
 # ml_collections at least, in .whl/):
 #   bash benchmarks/gpu_session.sh            # results in $OUT/results.jsonl
+# Carry .control/2921e51 too (made by `mkdir -p .control/2921e51 && git
+# archive 2921e51 fit_jax configs | tar -x -C .control/2921e51`; ignored by
+# git): if the default fails with and without the cache, that code, which
+# ran on an H200 before, runs as a control.
 # A dry run of the same script on CPU with tiny sizes (about 3 minutes):
 #   OUT=/tmp/gpu_dry CONFIG=configs/tiny.py TRAIN_BATCH=8 INFER_BATCH=8 ITERS=2 \
 #     PROFILE_RUN=bf16_space_to_depth4 bash benchmarks/gpu_session.sh
@@ -93,6 +97,18 @@ if [[ $LAST_RC != 0 ]]; then
   export XLA_FLAGS=$XLA_FLAGS_GIVEN
   RUNS="$RUNS bf16_nocache"
   bench bf16_nocache --dtypes bfloat16 --train_variants fused --infer_variants folded
+  if [[ $LAST_RC != 0 ]]; then
+    # Code or machine? If carried, the code that ran on 2026-11-26 (2921e51:
+    # 532.4 img/s training) runs as a control, then the script stops (the
+    # other runs would fail the same way) and leaves the device time.
+    if [[ -d .control/2921e51/fit_jax ]]; then
+      RUNS="$RUNS control_2921e51"
+      (cd .control/2921e51 && bench control_2921e51 --modes train --dtypes bfloat16 \
+        --train_variants fused)
+    fi
+    echo "stopping: the default failed with and without the cache" >&2
+    exit 1
+  fi
 fi
 # 2. The candidates for the default. The RGB convolutions on 4x4 pixel
 # blocks (48 and 1024 channels at 32x32, 3x3 kernels: the residual
