@@ -31,10 +31,10 @@ def _conv_norm_pairs(model: generator_lib.Generator):
 
 
 def _folded_keeps_conv_bias(model: generator_lib.Generator, conv_path) -> bool:
-  """upsample="phase" adds an up-convolution's bias itself, tiled over the
-  output phases (where XLA fuses it into the cuDNN call); elsewhere the
-  folded norm's bias carries it."""
-  return model.upsample == "phase" and conv_path[0].startswith("up_")
+  """The phase upsampling modes add an up-convolution's bias themselves,
+  tiled over the output phases (where XLA fuses it into the cuDNN call);
+  elsewhere the folded norm's bias carries it."""
+  return model.upsample in generator_lib.PHASE_MODES and conv_path[0].startswith("up_")
 
 
 def _get(tree, path):

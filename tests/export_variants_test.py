@@ -19,6 +19,7 @@ VARIANTS = [
   {"upsample": "subpixel"},
   {"upsample": "transposed"},
   {"upsample": "phase"},
+  {"upsample": "phase_2x2"},
 ]
 
 

@@ -16,8 +16,11 @@ from fit_jax.models import few_channel_conv, layers
 
 Dtype = Any
 
-UPSAMPLE_MODES = ("resize_conv", "subpixel", "transposed", "phase")
+UPSAMPLE_MODES = ("resize_conv", "subpixel", "transposed", "phase", "phase_2x2")
 RGB_CONV_MODES = ("conv", "matmul", "space_to_depth")
+# Upsampling modes that add the up-convolution's bias themselves, before the
+# depth-to-space (folded, it carries the whole up-norm: fit_jax.inference).
+PHASE_MODES = ("phase", "phase_2x2")
 
 
 class ResnetBlock(nn.Module):
@@ -67,7 +70,10 @@ class Generator(nn.Module):
       resize_conv (benchmarks/README.md). Or `phase`: one 3x3 convolution of
       the low-resolution map with the four output phases as channels, and a
       depth-to-space (the same MACs as resize_conv, without the x2 input map;
-      see _phase_resize_conv). Not measured on a GPU yet.
+      see _phase_resize_conv). Or `phase_2x2`: the same with 2x2 kernels,
+      each phase a shifted window of the output (0.47x the MACs of these
+      layers at 32x32; see _phase_2x2_resize_conv). Neither measured on a
+      GPU yet.
     reflect_pad_ops: `gather` (one pass over memory per padding) or
       `concatenate` (jnp.pad's ops, for TFLite export); see
       layers.reflect_pad. The same values either way.
@@ -225,9 +231,9 @@ class Generator(nn.Module):
       # output channel is what XLA fuses into the cuDNN call.
       conv = layers.Conv(
         features, (3, 3), padding="VALID",
-        # `phase` keeps its bias when folded (it adds it before the
-        # depth-to-space, where XLA fuses it into the cuDNN call).
-        add_bias=self.norm != "folded" or self.upsample == "phase",
+        # The phase modes keep their bias when folded (they add it before
+        # the depth-to-space, where XLA fuses it into the cuDNN call).
+        add_bias=self.norm != "folded" or self.upsample in PHASE_MODES,
         kernel_init=layers.conv_init, dtype=self.dtype,
         param_dtype=self.param_dtype, name=f"up_{i}",
       )
@@ -237,10 +243,12 @@ class Generator(nn.Module):
         x = _transposed_resize_conv(conv, x, self.dtype)
       elif self.upsample == "phase":
         x = _phase_resize_conv(conv, x, self.dtype, self.reflect_pad_ops)
+      elif self.upsample == "phase_2x2":
+        x = _phase_2x2_resize_conv(conv, x, self.dtype, self.reflect_pad_ops)
       else:
         x = conv(x if padded else self._pad(x, 1, upsample=2))
       wanted = up_pad if i + 1 < nd else (out_pad, 1)
-      if self.norm == "folded" and self.upsample == "phase":
+      if self.norm == "folded" and self.upsample in PHASE_MODES:
         # Folded, this norm is all in the convolution's bias
         # (inference.fold_batch_norm): only the ReLU and padding are left.
         x = layers.reflect_pad(nn.relu(x), *wanted, ops=self.reflect_pad_ops)
@@ -375,6 +383,62 @@ def _phase_resize_conv(conv: layers.Conv, x: jax.Array, dtype, pad_ops: str) -> 
     y = layers.bias_add(y, jnp.tile(conv.variables["params"]["bias"], 4))
   y = y.reshape(b, h, w, 2, 2, cout)
   return jnp.transpose(y, (0, 1, 3, 2, 4, 5)).reshape(b, 2 * h, 2 * w, cout)
+
+
+def _phase_2x2_resize_conv(conv: layers.Conv, x: jax.Array, dtype, pad_ops: str) -> jax.Array:
+  """conv(reflect_pad(nearest_x2(x), 1)) as one 2x2 convolution of x.
+
+  Per axis, output pixel 2i + a reads two rows of x edge-padded by one (xp):
+  xp[i], xp[i + 1] with taps (K0, K1 + K2) for a = 0, and xp[i + 1],
+  xp[i + 2] with taps (K0 + K1, K2) for a = 1 (see _subpixel_resize_conv).
+  So one 2x2 VALID convolution of xp with the four phases' kernels stacked
+  on the output axis, evaluated at the (H + 1) x (W + 1) positions, holds
+  phase (a, b) of output pixel (2i + a, 2j + b) in channel group (a, b) at
+  position (i + a, j + b). Against _phase_resize_conv (3x3 kernels, zero
+  taps included): 16 (H + 1)(W + 1) / (36 H W) of the MACs, 0.47x at 32x32,
+  with the same single cuDNN call per layer and no x2 input map; the
+  shifted windows and the depth-to-space are slices that XLA fuses into the
+  next padding gather. The tap sums are taken in the parameters' float32
+  and rounded once to the compute dtype.
+  """
+  b, h, w, c = x.shape
+  # Create (or fetch) the conv's parameters through the module itself.
+  conv(jnp.zeros((1, 3, 3, c), x.dtype))
+  kernel = conv.variables["params"]["kernel"]
+
+  def taps(k, axis):  # 3 taps -> (K0, K1 + K2) for phase 0, (K0 + K1, K2) for 1
+    k0, k1, k2 = (jnp.take(k, i, axis=axis) for i in range(3))
+    return jnp.stack([k0, k1 + k2], axis=axis), jnp.stack([k0 + k1, k2], axis=axis)
+
+  cout = kernel.shape[3]
+  stacked = jnp.stack(
+    [jnp.stack(taps(rows, 1), axis=3) for rows in taps(kernel, 0)], axis=3,
+  ).reshape(2, 2, c, 4 * cout)  # output channel (a * 2 + b) * Cout + o
+  y = jax.lax.conv_general_dilated(
+    layers.edge_pad(x.astype(dtype), 1, ops=pad_ops), stacked.astype(dtype), (1, 1),
+    "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))  # [B, H + 1, W + 1, 4 Cout]
+  if "bias" in conv.variables["params"]:
+    y = layers.bias_add(y, jnp.tile(conv.variables["params"]["bias"], 4))
+
+  # out[:, 2i + a, 2j + b] = y[:, i + a, j + b, group (a, b)], the shifts
+  # without a concatenation (which XLA would write out before the next
+  # padding gather): with the phase axis major, (a, k) flattened, padding
+  # the end by 2 and reshaping to rows of n + 2 moves row a's start by a.
+  y = y.reshape(b, h + 1, w + 1, 2, 2, cout)
+  y = jnp.transpose(y, (0, 3, 1, 4, 2, 5))  # [B, a, H + 1, b, W + 1, C]
+  y = _shift_by_phase(y.reshape(b, 2 * (h + 1), 2 * (w + 1) * cout), h)  # [B, a, H, .]
+  y = y.reshape(b, 2, h, 2, w + 1, cout).transpose(0, 3, 4, 2, 1, 5)  # [B, b, W + 1, H, a, C]
+  y = _shift_by_phase(y.reshape(b, 2 * (w + 1), h * 2 * cout), w)  # [B, b, W, H * a * C]
+  y = y.reshape(b, 2, w, h, 2, cout)  # [B, b, W, H, a, C]
+  return jnp.transpose(y, (0, 3, 4, 2, 1, 5)).reshape(b, 2 * h, 2 * w, cout)
+
+
+def _shift_by_phase(t: jax.Array, n: int) -> jax.Array:
+  """[B, 2 * (n + 1), R] holding (phase p, position k) -> [B, 2, n, R]
+  holding (p, k + p): row p of the result starts p positions later."""
+  b, _, r = t.shape
+  t = jax.lax.pad(t, jnp.zeros((), t.dtype), ((0, 0, 0), (0, 2, 0), (0, 0, 0)))
+  return jax.lax.slice(t.reshape(b, 2, n + 2, r), (0, 0, 0, 0), (b, 2, n, r))
 
 
 def _subpixel_resize_conv(conv: layers.Conv, x: jax.Array, dtype) -> jax.Array:

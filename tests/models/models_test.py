@@ -248,6 +248,32 @@ def test_rgb_conv_variants_in_bfloat16_are_as_accurate_as_the_conv(rgb_conv, rgb
   np.testing.assert_array_less(errors[rgb_conv], np.array(errors["conv"]) * 1.1 + 0.01)
 
 
+@pytest.mark.parametrize("upsample", ["phase", "phase_2x2"])
+def test_phase_upsampling_in_bfloat16_is_as_accurate_as_the_resize_conv(upsample):
+  """Against the float32 model, bfloat16 with a phase upsampling (tap sums
+  rounded to bf16 once) errs no more than bfloat16 with the
+  resize-convolution, output and every gradient."""
+  import dataclasses
+
+  g = models_lib.Generator(ngf=8, num_blocks=1, norm="batch")
+  key = jax.random.PRNGKey(6)
+  x = jax.random.uniform(key, (2, 32, 32, 3), minval=-1, maxval=1)
+  z = jax.random.bernoulli(key, 0.5, (2, 16)) - 0.5
+  v = g.init(key, x, z, train=True)
+  grads_ref, out_ref = _generator_grads(g, v, x, z)
+  errors = {}
+  for mode in (upsample, "resize_conv"):
+    grads, out = _generator_grads(
+      dataclasses.replace(g, upsample=mode, dtype=jnp.bfloat16), v, x, z)
+    errors[mode] = [float(jnp.abs(out - out_ref).max())] + [
+      float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+      for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref))
+      if float(jnp.linalg.norm(b)) > 1e-3  # not the ~0 gradients before norms
+    ]
+  assert errors[upsample][0] < 3e-2
+  np.testing.assert_array_less(errors[upsample], np.array(errors["resize_conv"]) * 1.1 + 0.01)
+
+
 def _generator_grads(model, variables, x, z):
   def loss(params):
     out, _ = model.apply({**variables, "params": params}, x, z, train=True,
@@ -264,13 +290,14 @@ def test_unknown_upsample_is_one_clear_error():
     g.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)), jnp.zeros((1, 16)), train=True)
 
 
-@pytest.mark.parametrize("upsample", ["subpixel", "transposed", "phase"])
+@pytest.mark.parametrize("upsample", ["subpixel", "transposed", "phase", "phase_2x2"])
 def test_low_resolution_upsampling_is_the_resize_convolution(upsample):
   """upsample='subpixel' (four 2x2 convs on the low-resolution map),
-  'transposed' (one transposed conv with a 4x4 kernel) and 'phase' (one 3x3
-  conv with the four output phases as channels) compute the reference's
-  nearest x2 + reflect pad + 3x3 conv with the same parameters, the first
-  two in fewer FLOPs, in training (gradients too) and folded."""
+  'transposed' (one transposed conv with a 4x4 kernel), 'phase' (one 3x3
+  conv with the four output phases as channels) and 'phase_2x2' (the same
+  with 2x2 kernels, over one more row and column) compute the reference's
+  nearest x2 + reflect pad + 3x3 conv with the same parameters, all but
+  'phase' in fewer FLOPs, in training (gradients too) and folded."""
   import dataclasses
 
   from fit_jax import flop_count, inference
@@ -309,7 +336,11 @@ def test_low_resolution_upsampling_is_the_resize_convolution(upsample):
   # Both variants create the layers' parameters by calling them once on a
   # 3x3 input (one output pixel; unused, so XLA drops it).
   dummy_calls = 2 * 9 * (32 * 16 + 16 * 8)
-  saved = 0 if upsample == "phase" else up_flops * 5 / 9
+  saved = {
+    "phase": 0,
+    # 2x2 taps for each of 4 phases at (h + 1) x (w + 1) low-resolution pixels.
+    "phase_2x2": up_flops - 2 * 3 * 16 * (9 * 7 * 32 * 16 + 17 * 13 * 16 * 8),
+  }.get(upsample, up_flops * 5 / 9)
   np.testing.assert_allclose(flops(g) - flops(sub) + dummy_calls, saved, rtol=1e-9)
 
 
