@@ -69,7 +69,9 @@ def get_config() -> ml_collections.ConfigDict:
   # convolutions on the low-resolution map: 2.25x fewer FLOPs there) or
   # transposed (the same as one transposed convolution with a 4x4 kernel) or
   # phase (one 3x3 convolution of the low-resolution map with the four output
-  # phases as channels: the same MACs, no x2 input map; not yet measured).
+  # phases as channels: the same MACs, no x2 input map) or phase_2x2 (the
+  # same with 2x2 kernels, each phase a shifted window: 0.47x those layers'
+  # MACs); neither measured on a GPU yet.
   # On an H200 resize_conv measured faster than subpixel and transposed
   # (benchmarks/README.md).
   config.model.generator.upsample = "resize_conv"
