@@ -234,16 +234,9 @@ def test_rgb_conv_variants_in_bfloat16_are_as_accurate_as_the_conv(rgb_conv, rgb
   x = jax.random.uniform(key, (2, 32, 32, 3), minval=-1, maxval=1)
   z = jax.random.bernoulli(key, 0.5, (2, 16)) - 0.5
   v = g.init(key, x, z, train=True)
-  grads_ref, out_ref = _generator_grads(dataclasses.replace(g, rgb_conv="conv"), v, x, z)
-  errors = {}
-  for mode in (rgb_conv, "conv"):
-    grads, out = _generator_grads(
-      dataclasses.replace(g, rgb_conv=mode, rgb_block=rgb_block, dtype=jnp.bfloat16), v, x, z)
-    errors[mode] = [float(jnp.abs(out - out_ref).max())] + [
-      float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
-      for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref))
-      if float(jnp.linalg.norm(b)) > 1e-3  # not the ~0 gradients before norms
-    ]
+  reference = dataclasses.replace(g, rgb_conv="conv")
+  errors = {mode: _bfloat16_errors(reference, v, x, z, rgb_conv=mode, rgb_block=rgb_block)
+            for mode in (rgb_conv, "conv")}
   assert errors[rgb_conv][0] < 3e-2
   np.testing.assert_array_less(errors[rgb_conv], np.array(errors["conv"]) * 1.1 + 0.01)
 
@@ -253,25 +246,32 @@ def test_phase_upsampling_in_bfloat16_is_as_accurate_as_the_resize_conv(upsample
   """Against the float32 model, bfloat16 with a phase upsampling (tap sums
   rounded to bf16 once) errs no more than bfloat16 with the
   resize-convolution, output and every gradient."""
-  import dataclasses
 
   g = models_lib.Generator(ngf=8, num_blocks=1, norm="batch")
   key = jax.random.PRNGKey(6)
   x = jax.random.uniform(key, (2, 32, 32, 3), minval=-1, maxval=1)
   z = jax.random.bernoulli(key, 0.5, (2, 16)) - 0.5
   v = g.init(key, x, z, train=True)
-  grads_ref, out_ref = _generator_grads(g, v, x, z)
-  errors = {}
-  for mode in (upsample, "resize_conv"):
-    grads, out = _generator_grads(
-      dataclasses.replace(g, upsample=mode, dtype=jnp.bfloat16), v, x, z)
-    errors[mode] = [float(jnp.abs(out - out_ref).max())] + [
-      float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
-      for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref))
-      if float(jnp.linalg.norm(b)) > 1e-3  # not the ~0 gradients before norms
-    ]
+  errors = {mode: _bfloat16_errors(g, v, x, z, upsample=mode)
+            for mode in (upsample, "resize_conv")}
   assert errors[upsample][0] < 3e-2
   np.testing.assert_array_less(errors[upsample], np.array(errors["resize_conv"]) * 1.1 + 0.01)
+
+
+def _bfloat16_errors(reference, variables, x, z, **fields) -> list[float]:
+  """The reference generator with `fields` replaced, in bfloat16, against
+  the reference in float32: the output's largest error, then each
+  gradient's relative error (the ~0 gradients before norms left out)."""
+  import dataclasses
+
+  grads_ref, out_ref = _generator_grads(reference, variables, x, z)
+  grads, out = _generator_grads(
+    dataclasses.replace(reference, dtype=jnp.bfloat16, **fields), variables, x, z)
+  return [float(jnp.abs(out - out_ref).max())] + [
+    float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref))
+    if float(jnp.linalg.norm(b)) > 1e-3
+  ]
 
 
 def _generator_grads(model, variables, x, z):
