@@ -420,17 +420,38 @@ def _phase_2x2_resize_conv(conv: layers.Conv, x: jax.Array, dtype, pad_ops: str)
   if "bias" in conv.variables["params"]:
     y = layers.bias_add(y, jnp.tile(conv.variables["params"]["bias"], 4))
 
-  # out[:, 2i + a, 2j + b] = y[:, i + a, j + b, group (a, b)], the shifts
-  # without a concatenation (which XLA would write out before the next
-  # padding gather): with the phase axis major, (a, k) flattened, padding
-  # the end by 2 and reshaping to rows of n + 2 moves row a's start by a.
-  y = y.reshape(b, h + 1, w + 1, 2, 2, cout)
+  # out[:, 2i + a, 2j + b] = y[:, i + a, j + b, group (a, b)].
+  return jax.lax.platform_dependent(
+    y.reshape(b, h + 1, w + 1, 2, 2, cout),
+    tpu=_phase_windows_stacked, default=_phase_windows_shifted)
+
+
+def _phase_windows_shifted(y: jax.Array) -> jax.Array:
+  """[B, H + 1, W + 1, a, b, C] -> out[:, 2i + a, 2j + b] = y[:, i + a, j + b, a, b]
+  without a concatenation, which XLA:GPU would write out before the next
+  padding gather: with the phase axis major, (a, k) flattened, padding the
+  end by 2 and reshaping to rows of n + 2 moves row a's start by a."""
+  b, h, w, _, _, cout = y.shape
+  h, w = h - 1, w - 1
   y = jnp.transpose(y, (0, 3, 1, 4, 2, 5))  # [B, a, H + 1, b, W + 1, C]
   y = _shift_by_phase(y.reshape(b, 2 * (h + 1), 2 * (w + 1) * cout), h)  # [B, a, H, .]
   y = y.reshape(b, 2, h, 2, w + 1, cout).transpose(0, 3, 4, 2, 1, 5)  # [B, b, W + 1, H, a, C]
   y = _shift_by_phase(y.reshape(b, 2 * (w + 1), h * 2 * cout), w)  # [B, b, W, H * a * C]
   y = y.reshape(b, 2, w, h, 2, cout)  # [B, b, W, H, a, C]
   return jnp.transpose(y, (0, 3, 4, 2, 1, 5)).reshape(b, 2 * h, 2 * w, cout)
+
+
+def _phase_windows_stacked(y: jax.Array) -> jax.Array:
+  """_phase_windows_shifted's values as the four windows' slices stacked."""
+  b, h, w, _, _, cout = y.shape
+  h, w = h - 1, w - 1
+
+  def phase(a, b_):  # [B, H, W, C]: phase (a, b) of every output pixel
+    return jax.lax.slice(y, (0, a, b_, a, b_, 0), (b, a + h, b_ + w, a + 1, b_ + 1, cout)
+                         ).reshape(b, h, w, cout)
+
+  rows = [jnp.stack([phase(a, 0), phase(a, 1)], axis=3) for a in (0, 1)]  # [B, H, W, 2, C]
+  return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, cout)  # [B, H, 2, W, 2, C]
 
 
 def _shift_by_phase(t: jax.Array, n: int) -> jax.Array:

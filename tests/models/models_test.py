@@ -241,6 +241,19 @@ def test_rgb_conv_variants_in_bfloat16_are_as_accurate_as_the_conv(rgb_conv, rgb
   np.testing.assert_array_less(errors[rgb_conv], np.array(errors["conv"]) * 1.1 + 0.01)
 
 
+def test_phase_2x2_windows_are_the_same_on_every_platform():
+  """phase_2x2's depth-to-space of shifted windows: the pad-and-reshape form
+  (GPU, CPU) and the stacked slices (TPU) place every phase alike."""
+  from fit_jax.models import generator as generator_lib
+
+  y = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 4, 2, 2, 3))
+  shifted = generator_lib._phase_windows_shifted(y)
+  assert shifted.shape == (2, 8, 6, 3)
+  np.testing.assert_array_equal(shifted, generator_lib._phase_windows_stacked(y))
+  a, b_, i, j = 1, 0, 2, 1  # output pixel (2i + a, 2j + b) is y at (i + a, j + b)
+  np.testing.assert_array_equal(shifted[:, 2 * i + a, 2 * j + b_], y[:, i + a, j + b_, a, b_])
+
+
 @pytest.mark.parametrize("upsample", ["phase", "phase_2x2"])
 def test_phase_upsampling_in_bfloat16_is_as_accurate_as_the_resize_conv(upsample):
   """Against the float32 model, bfloat16 with a phase upsampling (tap sums
