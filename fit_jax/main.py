@@ -8,6 +8,8 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from fit_jax import compilation_cache
+
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Experiment config file (configs/*.py).", lock_config=True
 )
@@ -16,22 +18,6 @@ _DISTRIBUTED = flags.DEFINE_bool(
   "distributed", False, "Call jax.distributed.initialize() (multi-host runs)."
 )
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def kernel_cache_warning(xla_caches: str | None, backend: str) -> str | None:
-  """What to tell a GPU user whose persistent cache turns on XLA's kernel
-  cache file (JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES=all, or naming it):
-  JAX leaves it off by default, and with it every training run of this
-  model on two H200s died with CUDA_ERROR_ILLEGAL_INSTRUCTION
-  (benchmarks/README.md, ninth session). None when nothing is wrong."""
-  names = {name.strip() for name in (xla_caches or "").split(",")}
-  if backend != "gpu" or not names & {"all", "xla_gpu_kernel_cache_file"}:
-    return None
-  return (
-    f"JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES={xla_caches!r} turns on XLA's kernel cache "
-    "file, whose reuse of kernels across programs crashed this model's training on "
-    "H200s (CUDA_ERROR_ILLEGAL_INSTRUCTION; openxla/xla#35951); unset it or keep "
-    "JAX's default, xla_gpu_per_fusion_autotune_cache_dir")
 
 
 def main(argv):
@@ -46,7 +32,7 @@ def main(argv):
     # An explicit JAX_COMPILATION_CACHE_DIR wins over the config's default.
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache))
   if jax.config.jax_compilation_cache_dir:
-    warning = kernel_cache_warning(
+    warning = compilation_cache.kernel_cache_warning(
       jax.config.jax_persistent_cache_enable_xla_caches, jax.default_backend())
     if warning:
       logging.warning(warning)
