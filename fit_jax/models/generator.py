@@ -396,9 +396,11 @@ def _phase_2x2_resize_conv(conv: layers.Conv, x: jax.Array, dtype, pad_ops: str)
   phase (a, b) of output pixel (2i + a, 2j + b) in channel group (a, b) at
   position (i + a, j + b). Against _phase_resize_conv (3x3 kernels, zero
   taps included): 16 (H + 1)(W + 1) / (36 H W) of the MACs, 0.47x at 32x32,
-  with the same single cuDNN call per layer and no x2 input map; the
-  shifted windows and the depth-to-space are slices that XLA fuses into the
-  next padding gather. The tap sums are taken in the parameters' float32
+  with the same single cuDNN call per layer and no x2 input map. The
+  shifted windows and the depth-to-space are pads and reshapes that XLA:GPU
+  fuses into the next padding gather (_phase_windows_shifted), on TPU
+  stacked slices (_phase_windows_stacked: its pads and reshapes became
+  relayout copies there). The tap sums are taken in the parameters' float32
   and rounded once to the compute dtype.
   """
   b, h, w, c = x.shape
