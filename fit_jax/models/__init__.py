@@ -40,15 +40,17 @@ def build_models(model_config) -> Models:
   dtype = _DTYPES[model_config.dtype]
   norm = dict(norm=model_config.norm, norm_group_size=model_config.norm_group_size)
   g, d, q = model_config.generator, model_config.discriminator, model_config.password_head
+  # Layout options a config may lack (older workdirs) take the Generator's
+  # own defaults, so a default changes in one place (and configs/default.py).
+  layout = {
+    name: g.get(name, getattr(Generator, name))
+    for name in ("upsample", "reflect_pad_ops", "rgb_conv", "rgb_channels", "rgb_block")
+  }
   return Models(
     generator=Generator(
       password_bits=model_config.password_bits, ngf=g.ngf,
       num_downsampling=g.num_downsampling, num_blocks=g.num_blocks,
-      upsample=g.get("upsample", "resize_conv"),
-      reflect_pad_ops=g.get("reflect_pad_ops", "gather"),
-      rgb_conv=g.get("rgb_conv", "conv"),
-      rgb_channels=g.get("rgb_channels", 3), rgb_block=g.get("rgb_block", 2),
-      dtype=dtype, **norm,
+      dtype=dtype, **layout, **norm,
     ),
     discriminator=MultiScaleDiscriminator(
       ndf=d.ndf, num_layers=d.num_layers, dtype=dtype, **norm

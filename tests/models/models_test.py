@@ -424,3 +424,21 @@ def test_bad_dtype_is_one_clear_error(tiny_models):
   cfg.model.dtype = "float16"
   with pytest.raises(ValueError, match="config.model.dtype"):
     models_lib.build_models(cfg.model)
+
+
+def test_config_without_layout_options_takes_the_generator_defaults(tiny_models):
+  # Workdirs written before an option existed lack it; the Generator's own
+  # default fills it, and the shipped config agrees with those defaults.
+  config, _ = tiny_models
+  names = ("upsample", "reflect_pad_ops", "rgb_conv", "rgb_channels", "rgb_block")
+  cfg = config.copy_and_resolve_references()
+  with cfg.model.generator.unlocked():
+    for name in names:
+      del cfg.model.generator[name]
+  g = models_lib.build_models(cfg.model).generator
+  shipped = models_lib.build_models(default.get_config().model).generator
+  for name in names:
+    assert getattr(g, name) == getattr(models_lib.Generator, name) == getattr(shipped, name), name
+  with cfg.model.generator.unlocked():
+    cfg.model.generator.rgb_block = 4
+  assert models_lib.build_models(cfg.model).generator.rgb_block == 4
