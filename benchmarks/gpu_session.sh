@@ -10,12 +10,13 @@
 # ran on an H200 before, runs as a control.
 # A dry run of the same script on CPU with tiny sizes (about 3 minutes):
 #   OUT=/tmp/gpu_dry CONFIG=configs/tiny.py TRAIN_BATCH=8 INFER_BATCH=8 ITERS=2 \
-#     PROFILE_RUN=bf16_space_to_depth4 bash benchmarks/gpu_session.sh
+#     bash benchmarks/gpu_session.sh
 #
 # Each run is its own process (flags differ); a run cut off by the call's
 # limit leaves the lines of the runs before it, and a failed run leaves a
-# line {"run", "rc", "error"}. PROFILE_RUN=<run name> adds a
-# profile (jax.profiler trace, ~20-40 s) to that run: its JSON summary comes
+# line {"run", "rc", "error"}. PROFILE_RUN=<run name> (by default the
+# likeliest default, below) adds a profile (jax.profiler trace, ~20-40 s) to
+# that run: its JSON summary comes
 # back in results.jsonl, the raw training trace as
 # $OUT/train_<run>.trace.json.gz, and the HLO and inference trace as
 # $OUT/<run>_profiles.tar.
@@ -26,7 +27,10 @@ TRAIN_BATCH=${TRAIN_BATCH:-48}
 INFER_BATCH=${INFER_BATCH:-256}
 ITERS=${ITERS:-10}
 PROFILES=${PROFILES:-/tmp/fit_jax_profiles}
-PROFILE_RUN=${PROFILE_RUN:-}
+# The likeliest default is profiled unless PROFILE_RUN says otherwise (empty:
+# none), after its timed calls: if it misses a target, its kernels say where
+# the time went, without another call.
+PROFILE_RUN=${PROFILE_RUN-bf16_space_to_depth4_phase_2x2}
 # Which runs, by name. A session has about 15 minutes of device time in all,
 # so one call measures variants and a later one what they decided.
 RUNS=${RUNS:-"bf16 bf16_space_to_depth4_phase_2x2 f32_space_to_depth4_phase_2x2 bf16_space_to_depth4_phase bf16_space_to_depth4"}
