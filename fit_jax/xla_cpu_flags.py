@@ -1,0 +1,72 @@
+"""Keeps XLA:CPU from handing convolutions to YNNPACK, before JAX starts.
+
+jaxlib 0.10 and 0.11 hand CPU convolutions (and dots, reductions and
+elementwise fusions) to YNNPACK by default. For this model's convolutions
+that is far slower than XLA's own kernels. Measured on 2 cores
+(benchmarks/README.md, tenth session), float32:
+  * paper-size generator inference at batch 16: 2.3 img/s with YNNPACK
+    convolutions, 7.6 without;
+  * a demo-config training iteration at batch 8: 5.3-5.9 img/s with them,
+    10.0-10.4 without.
+With every YNNPACK fusion off, training ran at 8.4-10.0 img/s, so only the
+convolutions leave it.
+
+Importing fit_jax therefore appends
+`--xla_cpu_experimental_ynn_fusion_type=-individual_convolution` to
+XLA_FLAGS. It leaves XLA_FLAGS alone when:
+  * the user's XLA_FLAGS already set that flag (theirs wins);
+  * FIT_JAX_KEEP_YNNPACK=1;
+  * jaxlib is outside the versions measured. An unknown flag in XLA_FLAGS
+    aborts the process, and a later XLA may have fixed the slowdown.
+
+XLA reads XLA_FLAGS when JAX creates its first backend, so a process that
+ran JAX code before importing fit_jax keeps YNNPACK; `apply` warns then.
+GPU and TPU programs are unaffected: the option applies only to XLA:CPU.
+"""
+
+import importlib.metadata
+import os
+import sys
+import warnings
+
+FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+# Removes from jaxlib's default fusion types only the one measured slow.
+VALUE = "-individual_convolution"
+OPT_OUT = "FIT_JAX_KEEP_YNNPACK"
+# jaxlib versions that take the flag: 0.10.2 (pinned; measured) and 0.11.2 (the
+# GPU image's; checked to route convolutions to YNNPACK without it, to XLA with it).
+MEASURED_JAXLIB = ((0, 10), (0, 11))
+
+
+def _jaxlib_minor() -> tuple[int, int] | None:
+  try:
+    major, minor = importlib.metadata.version("jaxlib").split(".")[:2]
+    return int(major), int(minor)
+  except (importlib.metadata.PackageNotFoundError, ValueError):
+    return None
+
+
+def _backends_started() -> bool:
+  bridge = sys.modules.get("jax._src.xla_bridge")
+  started = getattr(bridge, "backends_are_initialized", None)
+  return bool(started and started())
+
+
+def apply(environ=os.environ, jaxlib_minor: tuple[int, int] | None = None) -> bool:
+  """Adds the flag to environ["XLA_FLAGS"] if it should; returns whether it did."""
+  if environ.get(OPT_OUT) == "1":
+    return False
+  flags = environ.get("XLA_FLAGS", "")
+  if FLAG + "=" in flags:
+    return False
+  if (jaxlib_minor or _jaxlib_minor()) not in MEASURED_JAXLIB:
+    return False
+  environ["XLA_FLAGS"] = f"{flags} {FLAG}={VALUE}".strip()
+  if environ is os.environ and _backends_started():
+    warnings.warn(
+      "fit_jax was imported after JAX started its backends, so XLA:CPU keeps YNNPACK's "
+      "convolutions (several times slower for this model on CPU): import fit_jax first, "
+      f"or set XLA_FLAGS={FLAG}={VALUE} yourself",
+      stacklevel=3,
+    )
+  return True

@@ -1,0 +1,55 @@
+"""fit_jax keeps XLA:CPU's convolutions out of YNNPACK on import, unless told not to."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fit_jax import xla_cpu_flags
+
+MEASURED = xla_cpu_flags.MEASURED_JAXLIB[0]
+
+
+def test_flag_is_appended_to_the_users_flags():
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  assert xla_cpu_flags.apply(env, MEASURED)
+  assert env["XLA_FLAGS"].split() == [
+    "--xla_force_host_platform_device_count=8", f"{xla_cpu_flags.FLAG}={xla_cpu_flags.VALUE}"]
+  assert not xla_cpu_flags.apply(env, MEASURED)  # once only
+  empty = {}
+  assert xla_cpu_flags.apply(empty, MEASURED)
+  assert empty["XLA_FLAGS"] == f"{xla_cpu_flags.FLAG}={xla_cpu_flags.VALUE}"
+
+
+@pytest.mark.parametrize("env, version", [
+  ({"XLA_FLAGS": f"{xla_cpu_flags.FLAG}=individual_dot"}, MEASURED),  # the user's own choice
+  ({xla_cpu_flags.OPT_OUT: "1"}, MEASURED),
+  ({}, (0, 9)),  # an unknown flag would abort a jaxlib that lacks it
+  ({}, (1, 0)),
+])
+def test_flag_is_left_alone(env, version):
+  before = dict(env)
+  assert not xla_cpu_flags.apply(env, version)
+  assert env == before
+
+
+_PROGRAM = """
+import fit_jax, jax, jax.numpy as jnp
+x, w = jnp.ones((2, 32, 32, 64)), jnp.ones((3, 3, 64, 64))  # big enough for YNNPACK
+conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
+  x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+print("ynn" if "__ynn_fusion" in conv.lower(x, w).compile().as_text() else "xla")
+"""
+
+
+@pytest.mark.parametrize("keep", ["", "1"])
+def test_importing_fit_jax_compiles_cpu_convolutions_without_ynnpack(keep):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)
+  env[xla_cpu_flags.OPT_OUT] = keep
+  out = subprocess.run([sys.executable, "-c", _PROGRAM], env=env, capture_output=True,
+                       text=True, check=True).stdout.split()
+  # Opting out keeps jaxlib's default, which is YNNPACK here (the test would
+  # show if a jaxlib stopped using it, and this module could go).
+  assert out[-1] == ("ynn" if keep else "xla")
