@@ -7,7 +7,11 @@ kernel (a fusion, a cuDNN or cuBLAS call, a copy; a `call`, such as a CUDA
 graph of several kernels, counts those kernels); its traffic is the bytes
 it writes plus the bytes it reads, where an operand that the fused body only
 slices or gathers from (directly or after elementwise ops) counts the
-slices' bytes, not the whole operand.
+slices' bytes, not the whole operand. A fusion whose root is a
+dynamic-update-slice or scatter into one of its parameters writes only the
+update: XLA's GPU backend runs it in place (buffer assignment gives the fusion its
+operand's buffer, and copy insertion adds an explicit copy kernel where it
+cannot), so that operand is neither read nor rewritten in full.
 
 `summarize` adds a roofline floor: each op takes at least its FLOPs at the
 device's peak and its bytes at the device's bandwidth. Real kernels are
@@ -79,6 +83,27 @@ def _category(op: flop_count.HloInstruction) -> str:
   return op.opcode
 
 
+def _in_place_update(members: list[flop_count.HloInstruction]) -> tuple[str, int] | None:
+  """(parameter name, update bytes) of a fusion body rooted at a
+  dynamic-update-slice of a parameter or a scatter into one, which XLA runs
+  in place."""
+  root = next((m for m in members if m.line.lstrip().startswith("ROOT ")), None)
+  if root is None:
+    return None
+  if root.opcode == "dynamic-update-slice":
+    target, update = root.operands[0], root.operands[1]
+  elif root.opcode == "scatter" and len(root.operands) == 3:  # operand, indices, updates
+    target, update = root.operands[0], root.operands[2]
+  else:
+    return None
+  shapes = {m.name: m for m in members}
+  if target not in shapes or shapes[target].opcode != "parameter" or update not in shapes:
+    return None
+  if sum(target in m.operands for m in members) > 1:
+    return None  # the fusion also reads the buffer it updates
+  return target, array_bytes(shapes[update].result_type)
+
+
 def _written(op: flop_count.HloInstruction) -> int:
   if op.opcode == "custom-call" and op.result_type.startswith("("):
     # A library call's tuple ends with its scratch space (u8[...]): not data.
@@ -106,6 +131,7 @@ def entry_traffic(hlo_text: str) -> list[OpTraffic]:
       for operand in set(m.operands):
         users[operand].append(m)
     shapes = {m.name: m.result_type for m in members}
+    in_place = _in_place_update(members)
 
     def fraction_read(name: str) -> float:
       """The share of `name`'s elements that the fusion's outputs need."""
@@ -126,8 +152,18 @@ def entry_traffic(hlo_text: str) -> list[OpTraffic]:
       if m.opcode == "parameter":
         index = int(m.line.split("parameter(")[1].split(")")[0])
         if index < len(reads):
-          reads[index] = round(reads[index] * fraction_read(m.name))
+          if in_place and m.name == in_place[0]:
+            reads[index] = 0  # the buffer written in place; its other cells stay
+          else:
+            reads[index] = round(reads[index] * fraction_read(m.name))
     return reads
+
+  def written(op) -> int:
+    if op.opcode == "fusion" and op.called:
+      in_place = _in_place_update(body.get(op.called[0], []))
+      if in_place:
+        return in_place[1]
+    return _written(op)
 
   def kernels(computation: str):
     for op in body[computation]:
@@ -138,7 +174,7 @@ def entry_traffic(hlo_text: str) -> list[OpTraffic]:
         yield from kernels(called.group(1))
       else:
         yield OpTraffic(op.name, _category(op), flops.get(op.name, 0.0),
-                        sum(operand_reads(op)), _written(op))
+                        sum(operand_reads(op)), written(op))
 
   return list(kernels(entry))
 

@@ -78,6 +78,72 @@ def test_a_slice_after_elementwise_ops_reads_only_its_elements():
   assert ops["loop_convert_fusion"].bytes_read == 4 * 64 * 64 * 8 * 2
 
 
+# A map's 1-pixel border rewritten in place (layers.rewrite_reflect_border):
+# a gather of the sources, then a scatter into the map; and a
+# dynamic-update-slice of one column, as XLA's GPU backend fuses them.
+_IN_PLACE = """HloModule in_place
+
+%keep (a: bf16[], b: bf16[]) -> bf16[] {
+  %a = bf16[] parameter(0)
+  ROOT %b = bf16[] parameter(1)
+}
+
+%wrapped_gather_computation (p0: bf16[8,34,34,64], p1: s32[132,2]) -> bf16[132,8,1,1,64] {
+  %p0 = bf16[8,34,34,64]{3,2,1,0} parameter(0)
+  %p1 = s32[132,2]{1,0} parameter(1)
+  ROOT %g = bf16[132,8,1,1,64]{4,3,2,1,0} gather(%p0, %p1), offset_dims={1,2,3,4}, collapsed_slice_dims={}, start_index_map={1,2}, index_vector_dim=1, slice_sizes={8,1,1,64}
+}
+
+%wrapped_scatter_computation (q0: bf16[8,34,34,64], q1: s32[132,2], q2: bf16[132,8,1,1,64]) -> bf16[8,34,34,64] {
+  %q0 = bf16[8,34,34,64]{3,2,1,0} parameter(0)
+  %q1 = s32[132,2]{1,0} parameter(1)
+  %q2 = bf16[132,8,1,1,64]{4,3,2,1,0} parameter(2)
+  ROOT %s = bf16[8,34,34,64]{3,2,1,0} scatter(%q0, %q1, %q2), update_window_dims={1,2,3,4}, inserted_window_dims={}, scatter_dims_to_operand_dims={1,2}, index_vector_dim=1, indices_are_sorted=true, unique_indices=true, to_apply=%keep
+}
+
+%fused_dus (r0: bf16[8,34,34,64], r1: bf16[8,34,1,64]) -> bf16[8,34,34,64] {
+  %r0 = bf16[8,34,34,64]{3,2,1,0} parameter(0)
+  %r1 = bf16[8,34,1,64]{3,2,1,0} parameter(1)
+  %zero = s32[] constant(0)
+  ROOT %d = bf16[8,34,34,64]{3,2,1,0} dynamic-update-slice(%r0, %r1, %zero, %zero, %zero, %zero)
+}
+
+%fused_dus_reading (t0: bf16[8,34,34,64], t1: bf16[8,34,1,64]) -> bf16[8,34,34,64] {
+  %t0 = bf16[8,34,34,64]{3,2,1,0} parameter(0)
+  %t1 = bf16[8,34,1,64]{3,2,1,0} parameter(1)
+  %n = bf16[8,34,34,64]{3,2,1,0} negate(%t0)
+  %zero.1 = s32[] constant(0)
+  ROOT %d.1 = bf16[8,34,34,64]{3,2,1,0} dynamic-update-slice(%n, %t1, %zero.1, %zero.1, %zero.1, %zero.1)
+}
+
+ENTRY %main (x: bf16[8,34,34,64], i: s32[132,2], c: bf16[8,34,1,64]) -> bf16[8,34,34,64] {
+  %x = bf16[8,34,34,64]{3,2,1,0} parameter(0)
+  %i = s32[132,2]{1,0} parameter(1)
+  %c = bf16[8,34,1,64]{3,2,1,0} parameter(2)
+  %wrapped_gather = bf16[132,8,1,1,64]{4,3,2,1,0} fusion(%x, %i), kind=kLoop, calls=%wrapped_gather_computation
+  %wrapped_scatter = bf16[8,34,34,64]{3,2,1,0} fusion(%x, %i, %wrapped_gather), kind=kInput, calls=%wrapped_scatter_computation
+  %loop_dynamic_update_slice_fusion = bf16[8,34,34,64]{3,2,1,0} fusion(%wrapped_scatter, %c), kind=kLoop, calls=%fused_dus
+  ROOT %loop_negate_fusion = bf16[8,34,34,64]{3,2,1,0} fusion(%loop_dynamic_update_slice_fusion, %c), kind=kLoop, calls=%fused_dus_reading
+}
+"""
+
+
+def test_in_place_updates_move_only_the_updated_bytes():
+  ops = {op.name: op for op in hlo_traffic.entry_traffic(_IN_PLACE)}
+  border, column, indices = 132 * 8 * 64 * 2, 8 * 34 * 64 * 2, 132 * 2 * 4
+  assert (ops["wrapped_gather"].bytes_read, ops["wrapped_gather"].bytes_written) == (
+    border + indices, border)
+  # XLA runs both in place: the map they update is neither read nor rewritten.
+  assert (ops["wrapped_scatter"].bytes_read, ops["wrapped_scatter"].bytes_written) == (
+    indices + border, border)
+  assert (ops["loop_dynamic_update_slice_fusion"].bytes_read,
+          ops["loop_dynamic_update_slice_fusion"].bytes_written) == (column, column)
+  # A fusion that also reads the buffer it updates moves the whole map.
+  whole = 8 * 34 * 34 * 64 * 2
+  assert ops["loop_negate_fusion"].bytes_read == whole + column
+  assert ops["loop_negate_fusion"].bytes_written == whole
+
+
 def test_kernels_flops_and_bytes_of_a_module():
   image = 8 * 64 * 64 * 32 * 2
   ops = {op.name: op for op in hlo_traffic.entry_traffic(_MODULE)}
