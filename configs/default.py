@@ -96,6 +96,12 @@ def get_config() -> ml_collections.ConfigDict:
   # quarter of the resolution, 3x3 kernel, 2.94x the MACs: the shapes cuDNN
   # runs fastest in the residual blocks).
   config.model.generator.rgb_block = 2
+  # How folded inference pads the residual blocks' convolutions (same
+  # values): per_conv (a reflect-padding pass over each input) or border
+  # (maps stay padded; zero-padded convolutions over them, 13 % more outputs,
+  # and an in-place rewrite of the 1-pixel border). Training always pads per
+  # convolution.
+  config.model.generator.folded_trunk_padding = "per_conv"
   config.model.discriminator = ml_collections.ConfigDict()
   # Filters of the first PatchGAN layer (ndf) and its stride-2 layers.
   config.model.discriminator.ndf = 64

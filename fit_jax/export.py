@@ -47,9 +47,10 @@ def save_generator(model, variables, out_dir: str, image_size: int) -> None:
 
   # TFLite has builtins for jnp.pad's concatenations, none for the gather
   # that pads in one pass on accelerators (batch size unknown until run time),
-  # nor for the dilated-input convolution of upsample="transposed": the same
-  # functions in ops it has.
-  model = dataclasses.replace(model, reflect_pad_ops="concatenate")
+  # nor for the scatter of folded_trunk_padding="border" or the dilated-input
+  # convolution of upsample="transposed": the same functions in ops it has.
+  model = dataclasses.replace(model, reflect_pad_ops="concatenate",
+                              folded_trunk_padding="per_conv")
   if model.upsample == "transposed":
     model = dataclasses.replace(model, upsample="resize_conv")
   out_dir = os.path.abspath(out_dir)

@@ -20,6 +20,7 @@ VARIANTS = [
   {"upsample": "transposed"},
   {"upsample": "phase"},
   {"upsample": "phase_2x2"},
+  {"folded_trunk_padding": "border"},
 ]
 
 

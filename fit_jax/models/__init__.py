@@ -31,6 +31,12 @@ class Models:
   sphereface: SphereFace20a | FaceNetClassifier
 
 
+# Generator options that change how it computes, not what: every value gives
+# the same function of the same parameters.
+GENERATOR_LAYOUT_OPTIONS = ("upsample", "reflect_pad_ops", "rgb_conv", "rgb_channels",
+                            "rgb_block", "folded_trunk_padding")
+
+
 def build_models(model_config) -> Models:
   """Builds the four modules from `config.model` (see configs/default.py)."""
   if model_config.dtype not in _DTYPES:
@@ -42,10 +48,7 @@ def build_models(model_config) -> Models:
   g, d, q = model_config.generator, model_config.discriminator, model_config.password_head
   # Layout options a config may lack (older workdirs) take the Generator's
   # own defaults, so a default changes in one place (and configs/default.py).
-  layout = {
-    name: g.get(name, getattr(Generator, name))
-    for name in ("upsample", "reflect_pad_ops", "rgb_conv", "rgb_channels", "rgb_block")
-  }
+  layout = {name: g.get(name, getattr(Generator, name)) for name in GENERATOR_LAYOUT_OPTIONS}
   return Models(
     generator=Generator(
       password_bits=model_config.password_bits, ngf=g.ngf,

@@ -151,6 +151,33 @@ def _transpose_terms(size: int, pad: int, upsample: int) -> list[tuple]:
 _reflect_pad.defvjp(_reflect_pad_fwd, _reflect_pad_bwd)
 
 
+def rewrite_reflect_border(y: jax.Array, pad: int) -> jax.Array:
+  """y [B, H, W, C] with its `pad`-pixel border replaced by the reflection of
+  its interior: reflect_pad(y[:, pad:-pad, pad:-pad], pad), whatever the
+  border held.
+
+  For maps kept reflect-padded from one convolution to the next: a
+  convolution over the whole padded map with zero padding computes the
+  interior exactly and garbage on the border, which this rewrites. It is one
+  gather of the border's sources and one scatter into y, which XLA runs in
+  place: it moves the border's bytes, where reflect_pad writes a whole new
+  map. (Inference only: no gradient is defined for this use.)
+  """
+  if pad == 0:
+    return y
+  h, w = y.shape[1], y.shape[2]
+  if min(h, w) <= 3 * pad:
+    raise ValueError(f"a {h}x{w} map has no interior to reflect a {pad}-pixel border from")
+  # Padded coordinate -> the padded coordinate of the interior pixel it copies.
+  rows = _reflect_indices(h - 2 * pad, pad, 1) + pad
+  cols = _reflect_indices(w - 2 * pad, pad, 1) + pad
+  r, c = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+  border = (r < pad) | (r >= h - pad) | (c < pad) | (c >= w - pad)
+  dst_r, dst_c = r[border], c[border]
+  return y.at[:, dst_r, dst_c].set(
+    y[:, rows[dst_r], cols[dst_c]], unique_indices=True, indices_are_sorted=True)
+
+
 def edge_pad(x: jax.Array, pad: int, ops: str = "gather") -> jax.Array:
   """jnp.pad(x, mode="edge") over H and W of an NHWC tensor: as reflect_pad,
   one gather with constant indices and a gradient of slices and adds (jnp.pad

@@ -430,7 +430,7 @@ def test_config_without_layout_options_takes_the_generator_defaults(tiny_models)
   # Workdirs written before an option existed lack it; the Generator's own
   # default fills it, and the shipped config agrees with those defaults.
   config, _ = tiny_models
-  names = ("upsample", "reflect_pad_ops", "rgb_conv", "rgb_channels", "rgb_block")
+  names = models_lib.GENERATOR_LAYOUT_OPTIONS
   cfg = config.copy_and_resolve_references()
   with cfg.model.generator.unlocked():
     for name in names:
