@@ -161,7 +161,8 @@ def rewrite_reflect_border(y: jax.Array, pad: int) -> jax.Array:
   interior exactly and garbage on the border, which this rewrites. It is one
   gather of the border's sources and one scatter into y, which XLA runs in
   place: it moves the border's bytes, where reflect_pad writes a whole new
-  map. (Inference only: no gradient is defined for this use.)
+  map. Folded inference uses it (generator.ResnetBlock); training keeps
+  reflect_pad, whose gradient is written out without a scatter-add.
   """
   if pad == 0:
     return y
