@@ -44,19 +44,26 @@ class ResnetBlock(nn.Module):
       return self._padded(x, train)
     y = layers.reflect_pad(x, 1, ops=self.reflect_pad_ops)
     for i in range(2):
-      y = nn.Conv(
-        x.shape[-1], (3, 3), padding="VALID", use_bias=False,
-        kernel_init=layers.conv_init, dtype=self.dtype,
-        param_dtype=self.param_dtype, name=f"conv_{i}",
-      )(y)
+      y = self._conv(i, x.shape[-1], "VALID")(y)
       # The first norm's ReLU and the second conv's padding in one op (its
       # gradient in two passes, layers.norm_act_pad).
-      y = layers.Norm(
-        self.norm, self.norm_group_size, dtype=self.dtype,
-        param_dtype=self.param_dtype, name=f"norm_{i}",
-      )(y, train, stat_groups, relu=i == 0, pad=1 - i, pad_ops=self.reflect_pad_ops)
+      y = self._norm(i)(y, train, stat_groups, relu=i == 0, pad=1 - i,
+                        pad_ops=self.reflect_pad_ops)
     # No activation after the addition, as the original ResnetBlock.
     return x + y
+
+  def _conv(self, i: int, features: int, padding) -> nn.Conv:
+    return nn.Conv(
+      features, (3, 3), padding=padding, use_bias=False,
+      kernel_init=layers.conv_init, dtype=self.dtype,
+      param_dtype=self.param_dtype, name=f"conv_{i}",
+    )
+
+  def _norm(self, i: int) -> layers.Norm:
+    return layers.Norm(
+      self.norm, self.norm_group_size, dtype=self.dtype,
+      param_dtype=self.param_dtype, name=f"norm_{i}",
+    )
 
   def _padded(self, x: jax.Array, train: bool) -> jax.Array:
     """The same block on maps that keep their reflect padding: each
@@ -67,15 +74,8 @@ class ResnetBlock(nn.Module):
       raise ValueError(f"a padded residual block needs folded norms; got {self.norm!r}")
     y = x
     for i in range(2):
-      y = nn.Conv(
-        x.shape[-1], (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-        kernel_init=layers.conv_init, dtype=self.dtype,
-        param_dtype=self.param_dtype, name=f"conv_{i}",
-      )(y)
-      y = layers.Norm(
-        self.norm, self.norm_group_size, dtype=self.dtype,
-        param_dtype=self.param_dtype, name=f"norm_{i}",
-      )(y, train, relu=i == 0)
+      y = self._conv(i, x.shape[-1], ((1, 1), (1, 1)))(y)
+      y = self._norm(i)(y, train, relu=i == 0)
       if i == 0:
         y = layers.rewrite_reflect_border(y, 1)
     return layers.rewrite_reflect_border(x + y, 1)
