@@ -6,8 +6,9 @@
 #   bash benchmarks/gpu_session.sh            # results in $OUT/results.jsonl
 # Carry .control/2921e51 too (made by `mkdir -p .control/2921e51 && git
 # archive 2921e51 fit_jax configs | tar -x -C .control/2921e51`; ignored by
-# git): if the default fails with and without the cache, that code, which
-# ran on an H200 before, runs as a control.
+# git): if the default fails with and without the cache, and with XLA's
+# Triton GEMMs off, that code, which ran on an H200 before, runs as a
+# control.
 # A dry run of the same script on CPU with tiny sizes (about 3 minutes):
 #   OUT=/tmp/gpu_dry CONFIG=configs/tiny.py TRAIN_BATCH=8 INFER_BATCH=8 ITERS=2 \
 #     bash benchmarks/gpu_session.sh
@@ -60,6 +61,10 @@ fi
 export PYTHONUNBUFFERED=1
 python3 -c "import jax; print(jax.__version__, jax.devices())" | tee "$OUT/devices.txt"
 
+last_error() {  # a log's last Python exception line, else its last line (an XLA abort)
+  { grep -E '^[A-Za-z_.]*(Error|Exception)(: |$)' "$1" || grep . "$1"; } | tail -n 1 | cut -c1-400
+}
+
 bench() {  # name, then benchmark flags
   local name=$1
   shift
@@ -69,12 +74,12 @@ bench() {  # name, then benchmark flags
   if [[ $name == "$PROFILE_RUN" ]]; then profile=(--profile_dir "$PROFILES/$name"); fi
   python3 -m fit_jax.benchmark --config "$CONFIG" --train_batch "$TRAIN_BATCH" \
     --infer_batch "$INFER_BATCH" --iters "$ITERS" "$@" ${profile[@]+"${profile[@]}"} 2> "$log" \
-    | grep '^{' | sed "s/^{/{\"run\": \"$name\", /" | tee -a "$OUT/results.jsonl"
+    | grep '^{' | sed "s/^{/{\"run\": \"$name$RUN_SUFFIX\", /" | tee -a "$OUT/results.jsonl"
   local rc=${PIPESTATUS[0]}
   LAST_RC=$rc
   if [[ $rc != 0 ]]; then  # a failed run says so in results.jsonl, with its error
     python3 -c 'import json, sys; print(json.dumps({"run": sys.argv[1], "rc": int(sys.argv[2]), "error": sys.argv[3]}))' \
-      "$name" "$rc" "$(grep -E '^[A-Za-z_.]*(Error|Exception)(: |$)' "$log" | tail -n 1 | cut -c1-400)" \
+      "$name$RUN_SUFFIX" "$rc" "$(last_error "$log")" \
       | tee -a "$OUT/results.jsonl"
   fi
   # One log for all runs: at most 8 files come back from a device call.
@@ -93,6 +98,7 @@ bench() {  # name, then benchmark flags
 
 # 1. The default path, bf16.
 LAST_RC=0
+RUN_SUFFIX=""  # names the XLA flags a fallback below added to later runs
 bench bf16 --dtypes bfloat16 --train_variants fused --infer_variants folded
 if [[ $LAST_RC != 0 ]]; then
   # Once more as the calls that ran (2026-11-26) did, with no cache at all;
@@ -102,15 +108,30 @@ if [[ $LAST_RC != 0 ]]; then
   RUNS="$RUNS bf16_nocache"
   bench bf16_nocache --dtypes bfloat16 --train_variants fused --infer_variants folded
   if [[ $LAST_RC != 0 ]]; then
+    # A third try for figures before the diagnosis: XLA's Triton GEMMs off
+    # (cuBLAS instead; the discriminator step holds 7 of them). Illegal
+    # instructions on Hopper have come from Triton kernels before
+    # (openxla/xla#2800, #35951), while cuDNN's are its own tested ones.
+    # Command buffers stay on: without them each of the ~2,400 training
+    # kernels pays a launch. If it runs, the runs after it keep the flag
+    # and the results say so (their run names end in _notriton).
+    echo "bf16_nocache failed: again with --xla_gpu_enable_triton_gemm=false" >&2
+    export XLA_FLAGS="${XLA_FLAGS_GIVEN:+$XLA_FLAGS_GIVEN }--xla_gpu_enable_triton_gemm=false"
+    RUNS="$RUNS bf16_notriton"
+    bench bf16_notriton --dtypes bfloat16 --train_variants fused --infer_variants folded
+    if [[ $LAST_RC == 0 ]]; then RUN_SUFFIX=_notriton; fi
+  fi
+  if [[ $LAST_RC != 0 ]]; then
     # Code or machine? If carried, the code that ran on 2026-11-26 (2921e51:
     # 532.4 img/s training) runs as a control, then the script stops (the
-    # other runs would fail the same way) and leaves the device time.
+    # other runs would fail the same way) and leaves the device time. It
+    # runs as it ran then: no cache, no flags of this script.
     if [[ -d .control/2921e51/fit_jax ]]; then
       RUNS="$RUNS control_2921e51"
-      (cd .control/2921e51 && bench control_2921e51 --modes train --dtypes bfloat16 \
-        --train_variants fused)
+      (cd .control/2921e51 && export XLA_FLAGS=$XLA_FLAGS_GIVEN \
+        && bench control_2921e51 --modes train --dtypes bfloat16 --train_variants fused)
     fi
-    echo "stopping: the default failed with and without the cache" >&2
+    echo "stopping: the default failed with and without the cache and Triton GEMMs" >&2
     exit 1
   fi
 fi
