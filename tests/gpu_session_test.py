@@ -1,0 +1,91 @@
+"""benchmarks/gpu_session.sh's fallbacks: a GPU call has one try, so the path
+it takes after a crash is tested here, with a stand-in `python3` that records
+each benchmark run and fails the ones a test chooses (the benchmark itself is
+tested in benchmark_test.py; the script's own dry run is in benchmarks/README)."""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# Records each benchmark run's cwd, XLA_FLAGS and arguments, and fails it unless
+# XLA_FLAGS holds $FAIL_UNLESS_FLAG ("" never fails, "never" always does).
+# Other calls (the script writes a failed run's line with Python) go to this
+# interpreter, except the device listing.
+FAKE_PYTHON = r"""#!/usr/bin/env bash
+if [[ "$*" == *"import jax"* ]]; then echo "fake devices"; exit 0; fi
+if [[ "$*" != *fit_jax.benchmark* ]]; then exec "$REAL_PYTHON" "$@"; fi
+printf '%s\t%s\t%s\n' "$PWD" "${XLA_FLAGS:-}" "$*" >> "$CALLS"
+if [[ "${XLA_FLAGS:-}" != *"$FAIL_UNLESS_FLAG"* ]]; then
+  echo "some log line" >&2
+  echo "RuntimeError: CUDA_ERROR_ILLEGAL_INSTRUCTION (simulated)" >&2
+  exit 3
+fi
+echo '{"mode": "train_iteration", "images_per_s": 1.0}'
+"""
+
+
+def _run_script(tmp_path, fail_unless_flag, runs, with_control=True):
+  work = tmp_path / "repo"
+  (work / "benchmarks").mkdir(parents=True)  # parents: tmp_path may be a new subfolder
+  shutil.copy(ROOT / "benchmarks" / "gpu_session.sh", work / "benchmarks")
+  if with_control:
+    (work / ".control" / "2921e51" / "fit_jax").mkdir(parents=True)
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  fake = bin_dir / "python3"
+  fake.write_text(FAKE_PYTHON)
+  fake.chmod(0o755)
+  out, calls = tmp_path / "out", tmp_path / "calls.tsv"
+  env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", OUT=str(out),
+             CALLS=str(calls), REAL_PYTHON=sys.executable, FAIL_UNLESS_FLAG=fail_unless_flag, RUNS=runs,
+             PROFILE_RUN="", AUTOTUNE_CACHE=str(tmp_path / "autotune"),
+             PROFILES=str(tmp_path / "profiles"), XLA_FLAGS="--given_flag")
+  done = subprocess.run(["bash", "benchmarks/gpu_session.sh"], cwd=work, env=env,
+                        capture_output=True, text=True, timeout=60)
+  results = [json.loads(line) for line in
+             (out / "results.jsonl").read_text().splitlines()]
+  rows = [line.split("\t") for line in calls.read_text().splitlines()]
+  return done, results, [(pathlib.Path(cwd), flags) for cwd, flags, _ in rows]
+
+
+def test_a_working_default_runs_every_named_run_with_the_autotune_cache(tmp_path):
+  done, results, calls = _run_script(tmp_path, "", "bf16 bf16_space_to_depth4")
+  assert done.returncode == 0, done.stderr
+  assert [r["run"] for r in results] == ["bf16", "bf16_space_to_depth4"]
+  assert all("--given_flag" in f and "autotune_cache_dir" in f for _, f in calls)
+
+
+def test_runs_after_the_triton_fallback_keep_its_flag_and_say_so(tmp_path):
+  done, results, calls = _run_script(
+    tmp_path, "--xla_gpu_enable_triton_gemm=false", "bf16 bf16_space_to_depth4")
+  assert done.returncode == 0, done.stderr
+  assert [(r["run"], "error" in r) for r in results] == [
+    ("bf16", True), ("bf16_nocache", True), ("bf16_notriton", False),
+    ("bf16_space_to_depth4_notriton", False)]
+  assert results[0]["error"] == "RuntimeError: CUDA_ERROR_ILLEGAL_INSTRUCTION (simulated)"
+  flags = [f for _, f in calls]
+  assert "autotune_cache_dir" in flags[0]
+  # No cache from the retry on; the given flags are kept throughout.
+  assert all("autotune_cache_dir" not in f and "--given_flag" in f for f in flags[1:])
+  assert all("triton_gemm=false" in f for f in flags[2:])
+  assert not any(cwd.name == "2921e51" for cwd, _ in calls)  # no control needed
+
+
+def test_when_every_try_fails_the_control_runs_as_it_once_did_and_the_script_stops(tmp_path):
+  done, results, calls = _run_script(tmp_path, "never", "bf16 bf16_space_to_depth4")
+  assert done.returncode == 1
+  assert [r["run"] for r in results] == [
+    "bf16", "bf16_nocache", "bf16_notriton", "control_2921e51"]
+  assert all(r["rc"] == 3 for r in results)
+  control_cwd, control_flags = calls[-1]
+  assert control_cwd.name == "2921e51"
+  assert control_flags == "--given_flag"  # none of the script's own flags
+  # Without a carried control the script still stops after the third try.
+  done, results, _ = _run_script(tmp_path / "bare", "never", "bf16", with_control=False)
+  assert done.returncode == 1
+  assert [r["run"] for r in results] == ["bf16", "bf16_nocache", "bf16_notriton"]
