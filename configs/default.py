@@ -7,6 +7,7 @@ Command (from the repo root):
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -64,44 +65,43 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.generator.num_downsampling = 2
   # Residual blocks at the lowest resolution.
   config.model.generator.num_blocks = 9
+  # The layout options below change how the generator computes, never what
+  # (the same function of the same parameters, so any checkpoint runs under
+  # any of them). "auto" (None for the integer ones) takes the choice of the
+  # backend the model runs on, from measurements (fit_jax/models/
+  # generator_layout.py); naming a value keeps it on every backend.
   # Upsampling layers: resize_conv (the reference's nearest x2 + reflect pad +
-  # 3x3 conv), subpixel (the same function and parameters as four 2x2
-  # convolutions on the low-resolution map: 2.25x fewer FLOPs there) or
-  # transposed (the same as one transposed convolution with a 4x4 kernel) or
-  # phase (one 3x3 convolution of the low-resolution map with the four output
-  # phases as channels: the same MACs, no x2 input map) or phase_2x2 (the
-  # same with 2x2 kernels, each phase a shifted window: 0.47x those layers'
-  # MACs); neither measured on a GPU yet.
-  # On an H200 resize_conv measured faster than subpixel and transposed
-  # (benchmarks/README.md).
-  config.model.generator.upsample = "resize_conv"
-  # How reflect padding is computed (same values): gather (one pass over
-  # memory, nearest upsampling folded in) or concatenate (jnp.pad's ops; two
-  # passes on GPU, what the TFLite export uses).
-  config.model.generator.reflect_pad_ops = "gather"
-  # How the 7x7 convolutions from and to RGB are computed (same function and
-  # parameters): conv (lax.conv, as the other layers), matmul (one dense
-  # matmul each, via patches or tap products) or space_to_depth (a 4x4
-  # convolution of 2x2 pixel blocks: 16 channels instead of 3). cuDNN runs
-  # the 3-channel convolutions at 2-6 % of its peak on an H200; matmul
-  # measured slower there still, space_to_depth awaits its measurement
-  # (benchmarks/README.md).
-  config.model.generator.rgb_conv = "conv"
+  # 3x3 conv), subpixel (four 2x2 convolutions on the low-resolution map:
+  # 2.25x fewer FLOPs there), transposed (one transposed convolution with a
+  # 4x4 kernel), phase (one 3x3 convolution of the low-resolution map with
+  # the four output phases as channels: the same MACs, no x2 input map) or
+  # phase_2x2 (the same with 2x2 kernels, each phase a shifted window: 0.47x
+  # those layers' MACs).
+  config.model.generator.upsample = "auto"
+  # How reflect padding is computed: gather (one pass over memory, nearest
+  # upsampling folded in) or concatenate (jnp.pad's ops; two passes on GPU,
+  # what the TFLite export uses).
+  config.model.generator.reflect_pad_ops = "auto"
+  # How the 7x7 convolutions from and to RGB are computed: conv (lax.conv, as
+  # the other layers), matmul (one dense matmul each, via patches or tap
+  # products) or space_to_depth (a convolution of pixel blocks, rgb_block
+  # wide). cuDNN runs the 3-channel convolutions at 2-6 % of its peak on an
+  # H200.
+  config.model.generator.rgb_conv = "auto"
   # With rgb_conv=conv, the channels those convolutions compute with: 3, or 8
-  # (zero-filled: the same values, 2.7x those layers' FLOPs; cuDNN's
-  # tensor-core kernels want multiples of 8). Parameters keep their shapes.
-  config.model.generator.rgb_channels = 3
+  # (zero-filled: 2.7x those layers' FLOPs; cuDNN's tensor-core kernels want
+  # multiples of 8). Parameters keep their shapes.
+  config.model.generator.rgb_channels = config_dict.placeholder(int)
   # With rgb_conv=space_to_depth, the block side: 2 (16 channels instead of 3,
   # 4x4 kernel, 1.31x those layers' MACs) or 4 (48 and 1024 channels at a
   # quarter of the resolution, 3x3 kernel, 2.94x the MACs: the shapes cuDNN
   # runs fastest in the residual blocks).
-  config.model.generator.rgb_block = 2
-  # How folded inference pads the residual blocks' convolutions (same
-  # values): per_conv (a reflect-padding pass over each input) or border
-  # (maps stay padded; zero-padded convolutions over them, 13 % more outputs,
-  # and an in-place rewrite of the 1-pixel border). Training always pads per
-  # convolution.
-  config.model.generator.folded_trunk_padding = "per_conv"
+  config.model.generator.rgb_block = config_dict.placeholder(int)
+  # How folded inference pads the residual blocks' convolutions: per_conv (a
+  # reflect-padding pass over each input) or border (maps stay padded;
+  # zero-padded convolutions over them, 13 % more outputs, and an in-place
+  # rewrite of the 1-pixel border). Training always pads per convolution.
+  config.model.generator.folded_trunk_padding = "auto"
   config.model.discriminator = ml_collections.ConfigDict()
   # Filters of the first PatchGAN layer (ndf) and its stride-2 layers.
   config.model.discriminator.ndf = 64

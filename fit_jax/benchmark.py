@@ -44,6 +44,7 @@ from ml_collections import config_flags
 
 from fit_jax import flop_count, inference, profile_summary, train, train_state
 from fit_jax import models as models_lib
+from fit_jax.models import generator_layout
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", "configs/default.py", "Experiment config.", lock_config=False
@@ -208,6 +209,7 @@ def bench_train(config, batch_size: int, iters: int, variant: str = "fused") -> 
     "gflop_per_image_by_network": _by_network(counts, batch_size),
     "executed_over_model": _executed_over_model(executed, flops, mesh.size),
     "finite_loss": bool(np.isfinite(loss)), "profile": profile,
+    "layout": generator_layout.of(models.generator),
   }
 
 
@@ -252,6 +254,7 @@ def bench_infer(config, batch_size: int, iters: int, variant: str = "folded") ->
     "xla_gflop_per_call": xla_flops / 1e9, **_rates(flops, seconds, config.model.dtype, 1),
     "executed_over_model": _executed_over_model(executed, flops, 1),  # one device
     "finite_output": bool(jnp.all(jnp.isfinite(out))),
+    "layout": generator_layout.of(models.generator),
   }
 
 

@@ -58,6 +58,7 @@ from fit_jax import (  # noqa: E402
   train_state,
 )
 from fit_jax import models as models_lib  # noqa: E402
+from fit_jax.models import generator_layout  # noqa: E402
 
 _TARGET = flags.DEFINE_string(
   "target", "", "GpuTargetConfigProto text file of the GPU to compile for; "
@@ -123,7 +124,7 @@ def train_programs(config, batch_size: int, variant: str, devices: list) -> tupl
   data-parallel over `devices` (global batch `batch_size`), and the
   iteration's model FLOPs; nothing is allocated."""
   config = benchmark.train_config(config, batch_size, variant)
-  models = models_lib.build_models(config.model)
+  models = models_lib.build_models(config.model, devices[0].platform)
   mesh = train_state.make_mesh(devices)
   optimizers = train_state.make_optimizers(config)
   key = jax.random.PRNGKey(0)
@@ -153,7 +154,7 @@ def infer_program(config, batch_size: int, variant: str, devices: list) -> tuple
   """The compiled generator inference (`folded` or `running` statistics) on
   the first of `devices`."""
   config = benchmark.infer_config(config)
-  models = models_lib.build_models(config.model)
+  models = models_lib.build_models(config.model, devices[0].platform)
   size, n = config.data.image_size, config.model.password_bits
   generator = models.generator
   shapes = jax.eval_shape(lambda k: generator.init(
@@ -237,7 +238,9 @@ def main(argv):
       print(json.dumps({
         "mode": mode, "variant": variant, "batch": batch, "dtype": dtype,
         "target": device.device_kind, "devices": len(on),
-        "upsample": config.model.generator.upsample,
+        "layout": generator_layout.resolve(
+          {n: config.model.generator.get(n) for n in generator_layout.LAYOUT_OPTIONS},
+          device.platform),
         "jax": jax.__version__,
         **describe(compiled, flops, device, dtype, bandwidth, len(on)),
       }), flush=True)

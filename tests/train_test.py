@@ -149,16 +149,20 @@ def test_eight_devices_match_one():
   _assert_same_iteration(results, rtol=1e-4, metric_atol=1e-5)
 
 
-@pytest.mark.parametrize("fuse,norm_group_size", [(True, 4), (False, 0)])
-def test_no_device_computes_another_devices_images(fuse, norm_group_size):
+@pytest.mark.parametrize("fuse,norm_group_size,upsample",
+                         [(True, 4, "resize_conv"), (False, 0, "phase_2x2")])
+def test_no_device_computes_another_devices_images(fuse, norm_group_size, upsample):
   """Data parallelism without replicated work: on 8 devices each device's
   compiled program does 1/8 of the model's FLOPs, in both steps. (Before,
   fused calls, the alignment gather and the pool images made every device
   run the generator, SphereFace and D on the whole batch: 2.9x the work.)
-  Norm groups of 4 with 2 images per device straddle devices."""
+  Norm groups of 4 with 2 images per device straddle devices. Both
+  upsampling forms that backends use (phase_2x2's edge padding once had a
+  gradient that padded the batch axis: a collective-permute)."""
   config = tiny.get_config()
   config.train.fuse_calls = fuse
   config.model.norm_group_size = norm_group_size
+  config.model.generator.upsample = upsample
   _, mesh, state, steps = _setup(config, jax.devices())
   batch = steps.put_batch(benchmark.random_batch(config, 16))
   key = jax.random.PRNGKey(0)

@@ -4,6 +4,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from fit_jax.models import generator_layout
 from fit_jax.models.discriminator import BRANCHES, MultiScaleDiscriminator
 from fit_jax.models.generator import Generator
 from fit_jax.models.inception_resnet_v1 import FaceNetClassifier
@@ -31,14 +32,12 @@ class Models:
   sphereface: SphereFace20a | FaceNetClassifier
 
 
-# Generator options that change how it computes, not what: every value gives
-# the same function of the same parameters.
-GENERATOR_LAYOUT_OPTIONS = ("upsample", "reflect_pad_ops", "rgb_conv", "rgb_channels",
-                            "rgb_block", "folded_trunk_padding")
+def build_models(model_config, platform: str | None = None) -> Models:
+  """Builds the four modules from `config.model` (see configs/default.py).
 
-
-def build_models(model_config) -> Models:
-  """Builds the four modules from `config.model` (see configs/default.py)."""
+  The generator's layout options left "auto" (or absent, as in configs
+  written before an option existed) take `platform`'s entry in
+  generator_layout (default: JAX's default backend)."""
   if model_config.dtype not in _DTYPES:
     raise ValueError(
       f"config.model.dtype={model_config.dtype!r} is not one of {sorted(_DTYPES)}"
@@ -46,9 +45,8 @@ def build_models(model_config) -> Models:
   dtype = _DTYPES[model_config.dtype]
   norm = dict(norm=model_config.norm, norm_group_size=model_config.norm_group_size)
   g, d, q = model_config.generator, model_config.discriminator, model_config.password_head
-  # Layout options a config may lack (older workdirs) take the Generator's
-  # own defaults, so a default changes in one place (and configs/default.py).
-  layout = {name: g.get(name, getattr(Generator, name)) for name in GENERATOR_LAYOUT_OPTIONS}
+  layout = generator_layout.resolve(
+    {name: g.get(name) for name in generator_layout.LAYOUT_OPTIONS}, platform)
   return Models(
     generator=Generator(
       password_bits=model_config.password_bits, ngf=g.ngf,

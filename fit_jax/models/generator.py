@@ -129,6 +129,10 @@ class Generator(nn.Module):
       in-place scatter rewrite the 1-pixel border: see
       layers.rewrite_reflect_border). The same values. Other norms (training)
       always pad per convolution.
+
+  The layout options (upsample through folded_trunk_padding) default to the
+  reference's ops; models.build_models and inference.load_generator set them
+  from the backend's entry in generator_layout unless a config names them.
   """
 
   password_bits: int = 16

@@ -210,9 +210,23 @@ def _edge_pad_fwd(x, pad):
 def _edge_pad_bwd(pad, _, grad):
   b, h, w, c = grad.shape
   transpose = jax.linear_transpose(
-    functools.partial(edge_pad_reference, pad=pad),
+    functools.partial(_edge_pad_by_slices, pad=pad),
     jax.ShapeDtypeStruct((b, h - 2 * pad, w - 2 * pad, c), grad.dtype))
   return transpose(grad)
+
+
+def _edge_pad_by_slices(x, pad):
+  """edge_pad_reference's values from slices of H and W only. jnp.pad's edge
+  mode also slices every axis it leaves unpadded; transposed, the batch
+  axis's slice became a zero padding of the batch, which XLA's SPMD
+  partitioner turned into a collective-permute between the devices of a
+  data-parallel mesh (tests/train_test.py checks that none remains)."""
+  for axis in (1, 2):
+    n = x.shape[axis]
+    first = jax.lax.slice_in_dim(x, 0, 1, axis=axis)
+    last = jax.lax.slice_in_dim(x, n - 1, n, axis=axis)
+    x = jnp.concatenate([first] * pad + [x] + [last] * pad, axis=axis)
+  return x
 
 
 _edge_pad.defvjp(_edge_pad_fwd, _edge_pad_bwd)

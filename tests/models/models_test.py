@@ -8,7 +8,7 @@ import pytest
 from configs import default, tiny
 from fit_jax import models as models_lib
 from fit_jax.models import discriminator as disc_lib
-from fit_jax.models import layers
+from fit_jax.models import generator_layout, layers
 
 
 def _count(tree):
@@ -426,19 +426,23 @@ def test_bad_dtype_is_one_clear_error(tiny_models):
     models_lib.build_models(cfg.model)
 
 
-def test_config_without_layout_options_takes_the_generator_defaults(tiny_models):
-  # Workdirs written before an option existed lack it; the Generator's own
-  # default fills it, and the shipped config agrees with those defaults.
+def test_layout_options_left_auto_or_absent_follow_the_backend(tiny_models):
+  # The shipped config leaves them "auto"; configs written before an option
+  # existed lack it: both take the backend's entry, and a named value stays.
   config, _ = tiny_models
-  names = models_lib.GENERATOR_LAYOUT_OPTIONS
+  names = generator_layout.LAYOUT_OPTIONS
   cfg = config.copy_and_resolve_references()
   with cfg.model.generator.unlocked():
     for name in names:
       del cfg.model.generator[name]
-  g = models_lib.build_models(cfg.model).generator
-  shipped = models_lib.build_models(default.get_config().model).generator
-  for name in names:
-    assert getattr(g, name) == getattr(models_lib.Generator, name) == getattr(shipped, name), name
+  cpu = generator_layout.BY_PLATFORM["cpu"]
+  for model_config in (cfg.model, default.get_config().model):
+    assert generator_layout.of(models_lib.build_models(model_config).generator) == cpu
+  tpu = models_lib.build_models(cfg.model, platform="tpu").generator
+  assert generator_layout.of(tpu) == generator_layout.BY_PLATFORM["tpu"]
   with cfg.model.generator.unlocked():
     cfg.model.generator.rgb_block = 4
-  assert models_lib.build_models(cfg.model).generator.rgb_block == 4
+    cfg.model.generator.upsample = "phase"
+  g = models_lib.build_models(cfg.model, platform="gpu").generator
+  assert (g.rgb_block, g.upsample) == (4, "phase")
+  assert g.rgb_conv == generator_layout.BY_PLATFORM["gpu"]["rgb_conv"]
