@@ -12,6 +12,7 @@ Both steps fold the same step number into the base key, so both see the
 same randomness; `discriminator_step` advances `state.step`.
 """
 
+import datetime
 import functools
 import json
 import os
@@ -23,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from absl import logging
 from PIL import Image
 
 from fit_jax import (
@@ -34,6 +36,7 @@ from fit_jax import (
 )
 from fit_jax import models as models_lib
 from fit_jax import train_state as ts
+from fit_jax.models import generator_layout
 
 Batch = dict[str, jax.Array]  # image [B,H,W,3], label [B], landmarks [B,5,2]
 
@@ -584,11 +587,36 @@ def _check_finite(metrics: dict[str, float], step: int) -> None:
     raise FloatingPointError(f"non-finite loss at step {step}: {', '.join(bad)}")
 
 
+def _record_run(workdir: str, config, models, mesh, first: int, num_steps: int) -> None:
+  """Appends what this start of training runs to workdir/runs.jsonl: a run
+  resumed under another config, JAX or machine stays traceable, and the
+  generator layout resolved for this backend (the config says "auto") is
+  named."""
+  layout = generator_layout.of(models.generator)
+  logging.info("generator layout on %s: %s", jax.default_backend(), layout)
+  record = {
+    "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "start_step": first,
+    "num_steps": num_steps,
+    "jax": jax.__version__,
+    "backend": jax.default_backend(),
+    "device_kind": jax.devices()[0].device_kind,
+    "num_devices": mesh.size,
+    "num_processes": jax.process_count(),
+    "generator_layout": layout,
+    "config": json.loads(config.to_json_best_effort()),
+  }
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "runs.jsonl"), "a") as f:
+    f.write(json.dumps(record) + "\n")
+
+
 def train_and_evaluate(config, workdir: str) -> ts.FitState:
   """Trains from scratch or resumes from the newest checkpoint in workdir.
 
   Writes TensorBoard scalars (averaged over each logging window) and sample
-  grids (PNG files under workdir/samples too) and orbax checkpoints.
+  grids (PNG files under workdir/samples too) and orbax checkpoints, and
+  appends one line per start to workdir/runs.jsonl (_record_run).
   """
   # clu's writers import TensorFlow and the input pipeline grain; the update
   # steps above import neither (the GPU benchmark image has neither).
@@ -625,6 +653,8 @@ def train_and_evaluate(config, workdir: str) -> ts.FitState:
     if not data.num_examples:
       raise ValueError("config.train.num_steps must be set for an unbounded source")
     num_steps = config.train.num_epochs * (data.num_examples // config.train.batch_size)
+  if jax.process_index() == 0:
+    _record_run(workdir, config, models, mesh, int(state.step), num_steps)
   shard = (jax.process_index(), jax.process_count())
   writer = metric_writers.create_default_writer(
     workdir, just_logging=jax.process_index() > 0

@@ -1,13 +1,16 @@
 """train_and_evaluate: checkpoints, logs, sample grids and resume (tiny)."""
 
+import json
 import os
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
 from configs import tiny
 from fit_jax import input_pipeline, train
+from fit_jax.models import generator_layout
 
 
 def test_train_writes_outputs_and_resumes(tmp_path):
@@ -33,6 +36,13 @@ def test_train_writes_outputs_and_resumes(tmp_path):
   wider.model.generator.ngf *= 2
   with pytest.raises(ValueError, match=f"{checkpoint}: gen.params.generator.*has shape"):
     train.train_and_evaluate(wider, str(tmp_path))
+  # One record per start that got as far as training, the refused ones not.
+  runs = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+  assert [(r["start_step"], r["num_steps"]) for r in runs] == [(0, 2), (2, 3)]
+  # The config says "auto"; the record names the layout that ran.
+  assert runs[0]["config"]["model"]["generator"]["upsample"] == "auto"
+  assert runs[0]["generator_layout"] == generator_layout.resolve({}, "cpu")
+  assert runs[1]["backend"] == "cpu" and runs[1]["num_devices"] == jax.device_count()
 
 
 def test_non_finite_loss_names_step_and_term():
