@@ -48,13 +48,19 @@ def test_bfloat16_folded_close_to_float32():
   assert float(jnp.abs(y16 - y32).max()) < 0.1 and float(jnp.abs(y16 - y32).mean()) < 0.02
 
 
-@pytest.mark.parametrize("shape,num_downsampling", [((3, 32, 24, 3), 2), ((2, 12, 16, 3), 0)])
-def test_border_trunk_padding_is_the_same_folded_generator(shape, num_downsampling):
+@pytest.mark.parametrize("shape,num_downsampling,upsample", [
+  ((3, 32, 24, 3), 2, "resize_conv"), ((3, 32, 24, 3), 2, "phase_2x2"),
+  # Odd maps after one down layer (5x7), under the other phase mode.
+  ((2, 10, 14, 3), 1, "phase"), ((2, 12, 16, 3), 0, "phase_2x2"),
+])
+def test_border_trunk_padding_is_the_same_folded_generator(shape, num_downsampling, upsample):
   """folded_trunk_padding='border' (padded maps, zero-padded convolutions,
-  the border rewritten) computes the per-convolution padding's outputs, in
-  float32 and bfloat16, and stays batch-independent; training ignores it."""
+  the border rewritten: the down layers' outputs and the blocks', the last
+  edge-padded for a phase up-layer) computes the per-convolution padding's
+  outputs, in float32 and bfloat16, and stays batch-independent; training
+  ignores it."""
   model = generator_lib.Generator(ngf=8, num_blocks=2, norm="batch",
-                                  num_downsampling=num_downsampling)
+                                  num_downsampling=num_downsampling, upsample=upsample)
   key = jax.random.PRNGKey(1)
   x = jax.random.uniform(key, shape, minval=-1, maxval=1)
   z = jax.random.bernoulli(key, 0.5, (shape[0], 16)) - 0.5

@@ -28,13 +28,16 @@ class ResnetBlock(nn.Module):
   """reflect-pad, conv3x3, norm, ReLU, reflect-pad, conv3x3, norm, + identity.
 
   `padded` (folded norms only): x arrives reflect-padded by one pixel and the
-  output leaves so; see Generator.folded_trunk_padding.
+  output leaves padded by one pixel too, by `border` (layers.BORDER_MODES:
+  the last block pads as the next layer wants); see
+  Generator.folded_trunk_padding.
   """
 
   norm: str
   norm_group_size: int
   reflect_pad_ops: str = "gather"
   padded: bool = False
+  border: str = "reflect"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -77,8 +80,8 @@ class ResnetBlock(nn.Module):
       y = self._conv(i, x.shape[-1], ((1, 1), (1, 1)))(y)
       y = self._norm(i)(y, train, relu=i == 0)
       if i == 0:
-        y = layers.rewrite_reflect_border(y, 1)
-    return layers.rewrite_reflect_border(x + y, 1)
+        y = layers.rewrite_border(y, 1)
+    return layers.rewrite_border(x + y, 1, self.border)
 
 
 class Generator(nn.Module):
@@ -122,13 +125,15 @@ class Generator(nn.Module):
       values; cuDNN's fastest kernels want channel counts that are multiples
       of 8). Parameters keep their shapes.
     folded_trunk_padding: how folded inference (norm `folded`) pads the
-      residual blocks' convolutions: `per_conv` (a reflect padding of each
-      input, one pass over the map) or `border` (the trunk's maps stay
-      reflect-padded; each convolution runs over the padded map with zero
-      padding, computing 13 % more outputs at 32x32, and one gather and one
-      in-place scatter rewrite the 1-pixel border: see
-      layers.rewrite_reflect_border). The same values. Other norms (training)
-      always pad per convolution.
+      down layers' and residual blocks' convolutions: `per_conv` (a reflect
+      padding of each input, one pass over the map) or `border` (their maps
+      stay padded: each down convolution computes its output with a 1-pixel
+      border, from 2 pixels of zero padding, each residual convolution runs
+      over the padded map with zero padding, 6-13 % more outputs, and one
+      gather and one in-place scatter rewrite the border; see
+      layers.rewrite_border. The last block pads its output as a phase
+      up-layer wants it, by edge replication). The same values. Other norms
+      (training) always pad per convolution.
 
   The layout options (upsample through folded_trunk_padding) default to the
   reference's ops; models.build_models and inference.load_generator set them
@@ -245,16 +250,22 @@ class Generator(nn.Module):
                            upsample=upsample, pad_ops=self.reflect_pad_ops)
       return y, pad > 0
 
-    # Folded, the residual blocks may keep their maps padded (see the
-    # docstring): the last down layer's norm then pads them once.
+    # Folded, the down layers and residual blocks may keep their maps padded
+    # (see the docstring): norm_in then pads once, for the first down layer
+    # (or the first block), and each down layer writes its own border.
     padded_trunk = (self.norm == "folded" and self.folded_trunk_padding == "border"
                     and self.num_blocks > 0)
+    # The last block's border: edge replication is the padding a phase
+    # up-layer wants (no slice and padding pass between them).
+    trunk_border = "edge" if nd and self.upsample in PHASE_MODES else "reflect"
 
     def after_down(i):  # what the output of down layer i (-1: norm_in) feeds
+      if padded_trunk:
+        return (1, 1) if i < 0 else (0, 1)  # the down layer pads itself
       if i + 1 < nd:
         return (1, 1)
       if self.num_blocks:
-        return (1, 1) if padded_trunk else (0, 1)
+        return (0, 1)
       return after_trunk
 
     x, padded = norm_relu("norm_in", x, after_down(-1))
@@ -263,19 +274,28 @@ class Generator(nn.Module):
     for i in range(nd):
       features *= 2
       x = nn.Conv(
-        features, (3, 3), strides=(2, 2), padding="VALID", use_bias=False,
+        features, (3, 3), strides=(2, 2),
+        # Padded maps: 2 more zero pixels on each side make the output one
+        # pixel larger on each side, its border, rewritten after the norm
+        # (the interior reads exactly the padded input's pixels).
+        padding=((2, 2), (2, 2)) if padded_trunk else "VALID", use_bias=False,
         kernel_init=layers.conv_init, dtype=self.dtype,
         param_dtype=self.param_dtype, name=f"down_{i}",
       )(x if padded else self._pad(x, 1))
       x, padded = norm_relu(f"down_norm_{i}", x, after_down(i))
+      if padded_trunk:
+        x, padded = layers.rewrite_border(x, 1), True
 
     for i in range(self.num_blocks):
       x = ResnetBlock(
         self.norm, self.norm_group_size, self.reflect_pad_ops, padded_trunk,
+        border=trunk_border if i + 1 == self.num_blocks else "reflect",
         dtype=self.dtype, param_dtype=self.param_dtype, name=f"block_{i}",
       )(x, train, stat_groups)
       padded = False
-    if padded_trunk:
+    # Edge-padded for a phase up-layer (the blocks' last border), or not.
+    edge_padded = padded_trunk and trunk_border == "edge"
+    if padded_trunk and not edge_padded:
       x = x[:, 1:-1, 1:-1]
 
     for i in range(nd):
@@ -297,9 +317,11 @@ class Generator(nn.Module):
       elif self.upsample == "transposed":
         x = _transposed_resize_conv(conv, x, self.dtype)
       elif self.upsample == "phase":
-        x = _phase_resize_conv(conv, x, self.dtype, self.reflect_pad_ops)
+        x = _phase_resize_conv(conv, x, self.dtype, self.reflect_pad_ops,
+                               edge_padded and i == 0)
       elif self.upsample == "phase_2x2":
-        x = _phase_2x2_resize_conv(conv, x, self.dtype, self.reflect_pad_ops)
+        x = _phase_2x2_resize_conv(conv, x, self.dtype, self.reflect_pad_ops,
+                                   edge_padded and i == 0)
       else:
         x = conv(x if padded else self._pad(x, 1, upsample=2))
       wanted = up_pad if i + 1 < nd else (out_pad, 1)
@@ -402,7 +424,8 @@ def _transposed_resize_conv(conv: layers.Conv, x: jax.Array, dtype) -> jax.Array
   return out
 
 
-def _phase_resize_conv(conv: layers.Conv, x: jax.Array, dtype, pad_ops: str) -> jax.Array:
+def _phase_resize_conv(conv: layers.Conv, x: jax.Array, dtype, pad_ops: str,
+                       edge_padded: bool = False) -> jax.Array:
   """conv(reflect_pad(nearest_x2(x), 1)) as one convolution of x.
 
   As in _subpixel_resize_conv, output pixel 2i + a reads, per axis, rows
@@ -414,9 +437,11 @@ def _phase_resize_conv(conv: layers.Conv, x: jax.Array, dtype, pad_ops: str) -> 
   input map written and read (XLA fuses the depth-to-space into the next
   padding gather; static H200 program in benchmarks/README.md). The bias is
   added before the depth-to-space, tiled over the phases, so that it is a
-  per-channel bias of the cuDNN call.
+  per-channel bias of the cuDNN call. `edge_padded`: x arrives edge-padded.
   """
   b, h, w, c = x.shape
+  if edge_padded:
+    h, w = h - 2, w - 2
   # Create (or fetch) the conv's parameters through the module itself.
   conv(jnp.zeros((1, 3, 3, c), x.dtype))
   kernel = conv.variables["params"]["kernel"].astype(dtype)
@@ -431,8 +456,9 @@ def _phase_resize_conv(conv: layers.Conv, x: jax.Array, dtype, pad_ops: str) -> 
   stacked = jnp.stack(
     [jnp.stack(phases(rows, 1), axis=3) for rows in phases(kernel, 0)], axis=3,
   ).reshape(3, 3, c, 4 * cout)  # output channel (a * 2 + b) * Cout + o
+  xp = x.astype(dtype) if edge_padded else layers.edge_pad(x.astype(dtype), 1, ops=pad_ops)
   y = jax.lax.conv_general_dilated(
-    layers.edge_pad(x.astype(dtype), 1, ops=pad_ops), stacked, (1, 1), "VALID",
+    xp, stacked, (1, 1), "VALID",
     dimension_numbers=("NHWC", "HWIO", "NHWC"))
   if "bias" in conv.variables["params"]:
     y = layers.bias_add(y, jnp.tile(conv.variables["params"]["bias"], 4))
@@ -440,7 +466,8 @@ def _phase_resize_conv(conv: layers.Conv, x: jax.Array, dtype, pad_ops: str) -> 
   return jnp.transpose(y, (0, 1, 3, 2, 4, 5)).reshape(b, 2 * h, 2 * w, cout)
 
 
-def _phase_2x2_resize_conv(conv: layers.Conv, x: jax.Array, dtype, pad_ops: str) -> jax.Array:
+def _phase_2x2_resize_conv(conv: layers.Conv, x: jax.Array, dtype, pad_ops: str,
+                           edge_padded: bool = False) -> jax.Array:
   """conv(reflect_pad(nearest_x2(x), 1)) as one 2x2 convolution of x.
 
   Per axis, output pixel 2i + a reads two rows of x edge-padded by one (xp):
@@ -456,9 +483,11 @@ def _phase_2x2_resize_conv(conv: layers.Conv, x: jax.Array, dtype, pad_ops: str)
   fuses into the next padding gather (_phase_windows_shifted), on TPU
   stacked slices (_phase_windows_stacked: its pads and reshapes became
   relayout copies there). The tap sums are taken in the parameters' float32
-  and rounded once to the compute dtype.
+  and rounded once to the compute dtype. `edge_padded`: x arrives as xp.
   """
   b, h, w, c = x.shape
+  if edge_padded:
+    h, w = h - 2, w - 2
   # Create (or fetch) the conv's parameters through the module itself.
   conv(jnp.zeros((1, 3, 3, c), x.dtype))
   kernel = conv.variables["params"]["kernel"]
@@ -471,8 +500,9 @@ def _phase_2x2_resize_conv(conv: layers.Conv, x: jax.Array, dtype, pad_ops: str)
   stacked = jnp.stack(
     [jnp.stack(taps(rows, 1), axis=3) for rows in taps(kernel, 0)], axis=3,
   ).reshape(2, 2, c, 4 * cout)  # output channel (a * 2 + b) * Cout + o
+  xp = x.astype(dtype) if edge_padded else layers.edge_pad(x.astype(dtype), 1, ops=pad_ops)
   y = jax.lax.conv_general_dilated(
-    layers.edge_pad(x.astype(dtype), 1, ops=pad_ops), stacked.astype(dtype), (1, 1),
+    xp, stacked.astype(dtype), (1, 1),
     "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))  # [B, H + 1, W + 1, 4 Cout]
   if "bias" in conv.variables["params"]:
     y = layers.bias_add(y, jnp.tile(conv.variables["params"]["bias"], 4))

@@ -151,27 +151,36 @@ def _transpose_terms(size: int, pad: int, upsample: int) -> list[tuple]:
 _reflect_pad.defvjp(_reflect_pad_fwd, _reflect_pad_bwd)
 
 
-def rewrite_reflect_border(y: jax.Array, pad: int) -> jax.Array:
-  """y [B, H, W, C] with its `pad`-pixel border replaced by the reflection of
-  its interior: reflect_pad(y[:, pad:-pad, pad:-pad], pad), whatever the
-  border held.
+BORDER_MODES = ("reflect", "edge")
 
-  For maps kept reflect-padded from one convolution to the next: a
-  convolution over the whole padded map with zero padding computes the
-  interior exactly and garbage on the border, which this rewrites. It is one
-  gather of the border's sources and one scatter into y, which XLA runs in
-  place: it moves the border's bytes, where reflect_pad writes a whole new
-  map. Folded inference uses it (generator.ResnetBlock); training keeps
-  reflect_pad, whose gradient is written out without a scatter-add.
+
+def rewrite_border(y: jax.Array, pad: int, mode: str = "reflect") -> jax.Array:
+  """y [B, H, W, C] with its `pad`-pixel border replaced by a padding of its
+  interior, whatever the border held: reflect_pad(y[:, pad:-pad, pad:-pad],
+  pad) for `mode="reflect"`, edge_pad(...) for `"edge"`.
+
+  For maps kept padded from one convolution to the next: a convolution over
+  the whole padded map with zero padding computes the interior exactly and
+  garbage on the border, which this rewrites. It is one gather of the
+  border's sources and one scatter into y, which XLA runs in place: it moves
+  the border's bytes, where reflect_pad writes a whole new map. Folded
+  inference uses it (generator.Generator.folded_trunk_padding); training
+  keeps reflect_pad, whose gradient is written out without a scatter-add.
   """
+  if mode not in BORDER_MODES:
+    raise ValueError(f"border mode {mode!r} is not one of {BORDER_MODES}")
   if pad == 0:
     return y
   h, w = y.shape[1], y.shape[2]
   if min(h, w) <= 3 * pad:
-    raise ValueError(f"a {h}x{w} map has no interior to reflect a {pad}-pixel border from")
-  # Padded coordinate -> the padded coordinate of the interior pixel it copies.
-  rows = _reflect_indices(h - 2 * pad, pad, 1) + pad
-  cols = _reflect_indices(w - 2 * pad, pad, 1) + pad
+    raise ValueError(f"a {h}x{w} map has no interior to pad a {pad}-pixel border from")
+
+  def sources(n):  # padded coordinate -> the padded coordinate of the pixel it copies
+    if mode == "edge":
+      return np.clip(np.arange(n), pad, n - pad - 1)
+    return _reflect_indices(n - 2 * pad, pad, 1) + pad
+
+  rows, cols = sources(h), sources(w)
   r, c = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
   border = (r < pad) | (r >= h - pad) | (c < pad) | (c >= w - pad)
   dst_r, dst_c = r[border], c[border]

@@ -187,11 +187,14 @@ def test_edge_pad_is_jnp_pad_with_a_scatter_free_gradient():
     layers.edge_pad(x, 1, ops="wrap")
 
 
+@pytest.mark.parametrize("mode,pad_fn", [("reflect", layers.reflect_pad), ("edge", layers.edge_pad)])
 @pytest.mark.parametrize("shape,pad", [((2, 7, 9, 3), 1), ((1, 10, 8, 2), 2)])
-def test_rewrite_reflect_border_is_reflect_pad_of_the_interior(shape, pad):
+def test_rewrite_border_is_a_padding_of_the_interior(shape, pad, mode, pad_fn):
   x = jax.random.normal(jax.random.PRNGKey(0), shape)
-  want = layers.reflect_pad(x, pad)
+  want = pad_fn(x, pad)
   junk = jnp.full(want.shape, 9.0).at[:, pad:-pad, pad:-pad].set(x)
-  np.testing.assert_array_equal(layers.rewrite_reflect_border(junk, pad), want)
+  np.testing.assert_array_equal(layers.rewrite_border(junk, pad, mode), want)
   with pytest.raises(ValueError, match="no interior"):
-    layers.rewrite_reflect_border(jnp.zeros((1, 3, 3, 1)), 1)
+    layers.rewrite_border(jnp.zeros((1, 3, 3, 1)), 1, mode)
+  with pytest.raises(ValueError, match="border mode 'wrap' is not one of"):
+    layers.rewrite_border(junk, pad, "wrap")
