@@ -486,25 +486,29 @@ def _norm_act_pad_fwd(x, scale, bias, groups, epsilon, dtype, relu, pad, upsampl
 
 def _norm_act_pad_bwd(groups, epsilon, dtype, relu, pad, upsample, residuals, cotangents):
   grads = functools.partial(_norm_act_pad_grads, groups, epsilon, dtype, relu, pad, upsample)
-  if upsample == 1:
-    return grads(residuals, cotangents, sums_on_input_grid=False)
   # The per-group sums, on GPU (and CPU): on the output's padded grid, from a
-  # gather of x fused into the reduction. On TPU: on x's grid (a quarter of
+  # gather of x fused into the reduction, over columns first (see
+  # _norm_act_pad_grads). On TPU: with upsampling, on x's grid (a quarter of
   # the cells), from P^T g in one fused pass, since XLA:TPU cannot fuse a
   # gather and wrote P(x) out in float32 (25 M cycles of a v5e training
   # step; its cost model puts up_norm_0's backward pass, batch 144, at 24 ms
   # this way and 28 ms from P(x)). Without upsampling, the padded grid is
-  # the cheaper one on TPU too.
+  # the cheaper one on TPU too. The TPU sums in one stage: by its cost
+  # model, columns first cost a v5e training step 161.5 -> 162.6 M cycles.
+  # So does float32 elsewhere: its H200 training program went 206.0 ->
+  # 207.0 GB with columns first (bfloat16: 104.2 -> 102.0 GB).
+  columns_first = jnp.dtype(dtype).itemsize < 4
   return jax.lax.platform_dependent(
     residuals, cotangents,
-    tpu=functools.partial(grads, sums_on_input_grid=True),
-    default=functools.partial(grads, sums_on_input_grid=False))
+    tpu=functools.partial(grads, sums_on_input_grid=upsample > 1, columns_first=False),
+    default=functools.partial(grads, sums_on_input_grid=False, columns_first=columns_first))
 
 
 def _norm_act_pad_grads(groups, epsilon, dtype, relu, pad, upsample, residuals, cotangents,
-                        sums_on_input_grid: bool):
+                        sums_on_input_grid: bool, columns_first: bool = False):
   """norm_act_pad's gradient, with its per-group sums over x's grid (from
-  P^T g) or over the output's padded grid (from P(x))."""
+  P^T g) or over the output's padded grid (from P(x)), in one reduction or
+  over columns first (`columns_first`: partial sums fenced, then the rest)."""
   x, mean, var, scale, bias = residuals
   g_out, dmean, dvar = cotangents
   n = float(np.prod([groups[1], x.shape[1], x.shape[2]]))
@@ -526,8 +530,19 @@ def _norm_act_pad_grads(groups, epsilon, dtype, relu, pad, upsample, residuals, 
   def group_sums(x, dy):  # sum(dy) and sum(dy * xhat), one multi-output reduction
     _, xhat, mask = terms(x)
     dy = masked(dy, mask)
-    return (jnp.sum(dy, axis=_GROUP_AXES, keepdims=True),
-            jnp.sum(dy * xhat, axis=_GROUP_AXES, keepdims=True))
+    if not columns_first:
+      return (jnp.sum(dy, axis=_GROUP_AXES, keepdims=True),
+              jnp.sum(dy * xhat, axis=_GROUP_AXES, keepdims=True))
+    # As one reduction over images, rows and columns, XLA:GPU gave each of
+    # the two sums its own copy of the ReLU mask's producer and, rather than
+    # repeat its gather of x, wrote the mask out and read it back (the
+    # residual blocks' first norms: 18 kernels, 2.2 GB of a bf16 training
+    # iteration at paper size; benchmarks/README.md, thirteenth session).
+    # Over columns first, the partial sums fenced (a few MB) so that XLA
+    # does not merge the stages back, the mask stays in the reduction.
+    columns = jax.lax.optimization_barrier((jnp.sum(dy, axis=4, keepdims=True),
+                                            jnp.sum(dy * xhat, axis=4, keepdims=True)))
+    return tuple(jnp.sum(c, axis=(1, 3), keepdims=True) for c in columns)
 
   if sums_on_input_grid and (pad or upsample > 1):
     sum_dy, sum_dy_xhat = group_sums(x, _reflect_pad_transpose(g_out, pad, upsample, jnp.float32))

@@ -83,11 +83,14 @@ def test_norm_act_pad_gradient_is_the_automatic_one(groups, dtype, relu, pad, up
   # The near-constant channel (5) is compared with float64 below: there the
   # automatic gradient itself is off by ~0.5 % (its d(scale) is a difference
   # of two sums far larger than the result).
-  # The TPU's formulation (the per-group sums over x's grid, from P^T g),
-  # which this machine's compiler does not pick, gives the same gradients.
+  # Every formulation of the per-group sums gives the same gradients: the
+  # TPU's (one reduction, over x's grid from P^T g or over the padded grid)
+  # and the GPU's (columns first; bfloat16 only).
   residuals = (x, out[1], out[2], scale, bias)
-  tpus = layers._norm_act_pad_grads(*args, residuals, cotangents, sums_on_input_grid=True)
-  for ours_or_tpus in (ours, tpus):
+  others = [layers._norm_act_pad_grads(*args, residuals, cotangents, sums_on_input_grid=on_input,
+                                       columns_first=columns_first)
+            for on_input, columns_first in ((True, False), (False, False), (False, True))]
+  for ours_or_tpus in (ours, *others):
     for g, r in zip(ours_or_tpus, ref):
       g, r = np.asarray(g, np.float32)[..., :5], np.asarray(r, np.float32)[..., :5]
       # bfloat16: both round dx once to 8 bits from float32 sums.
