@@ -11,7 +11,7 @@
 # control.
 # A dry run of the same script on CPU with tiny sizes (about 3 minutes):
 #   OUT=/tmp/gpu_dry CONFIG=configs/tiny.py TRAIN_BATCH=8 INFER_BATCH=8 ITERS=2 \
-#     bash benchmarks/gpu_session.sh
+#     VERDICT_PLATFORM=cpu bash benchmarks/gpu_session.sh
 #
 # Each run is its own process (flags differ); a run cut off by the call's
 # limit leaves the lines of the runs before it, and a failed run leaves a
@@ -186,3 +186,14 @@ bench bf16_matmul_infer --modes infer --dtypes bfloat16 --infer_variants folded 
 bench bf16_transposed_infer --modes infer --dtypes bfloat16 --infer_variants folded \
   --config.model.generator.upsample=transposed
 echo "done: $(grep -c . "$OUT/results.jsonl") lines in $OUT/results.jsonl" >&2
+# What the lines decide (fit_jax.layout_verdict: generator_layout's rule and
+# issue 7's targets), into the call's output and $OUT/verdict.json. A call
+# cut off before this line: run it on results.jsonl afterwards. A CPU dry
+# run compares with the CPU's entry (VERDICT_PLATFORM=cpu).
+if python3 -m fit_jax.layout_verdict "$OUT/results.jsonl" "${VERDICT_PLATFORM:-gpu}" \
+    > "$OUT/verdict.json"; then
+  python3 -c 'import json, sys; v = json.load(open(sys.argv[1])); v.pop("runs"); print(json.dumps(v))' \
+    "$OUT/verdict.json" >&2
+else
+  echo "no verdict (above: why)" >&2
+fi
