@@ -25,11 +25,18 @@ if [[ "${XLA_FLAGS:-}" != *"$FAIL_UNLESS_FLAG"* ]]; then
   echo "RuntimeError: CUDA_ERROR_ILLEGAL_INSTRUCTION (simulated)" >&2
   exit 3
 fi
+if [[ -n "${FAKE_LAYOUT:-}" ]]; then  # whole records, for the verdict
+  for mode in "train_iteration fused" "generator_inference folded"; do
+    set -- $mode
+    echo "{\"mode\": \"$1\", \"variant\": \"$2\", \"images_per_s\": 1.0, \"dtype\": \"bfloat16\", \"layout\": $FAKE_LAYOUT, \"finite_loss\": true, \"finite_output\": true}"
+  done
+  exit 0
+fi
 echo '{"mode": "train_iteration", "images_per_s": 1.0}'
 """
 
 
-def _run_script(tmp_path, fail_unless_flag, runs, with_control=True):
+def _run_script(tmp_path, fail_unless_flag, runs, with_control=True, **env_extra):
   work = tmp_path / "repo"
   (work / "benchmarks").mkdir(parents=True)  # parents: tmp_path may be a new subfolder
   shutil.copy(ROOT / "benchmarks" / "gpu_session.sh", work / "benchmarks")
@@ -44,7 +51,7 @@ def _run_script(tmp_path, fail_unless_flag, runs, with_control=True):
   env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", OUT=str(out),
              CALLS=str(calls), REAL_PYTHON=sys.executable, FAIL_UNLESS_FLAG=fail_unless_flag, RUNS=runs,
              PROFILE_RUN="", AUTOTUNE_CACHE=str(tmp_path / "autotune"),
-             PROFILES=str(tmp_path / "profiles"), XLA_FLAGS="--given_flag")
+             PROFILES=str(tmp_path / "profiles"), XLA_FLAGS="--given_flag", **env_extra)
   done = subprocess.run(["bash", "benchmarks/gpu_session.sh"], cwd=work, env=env,
                         capture_output=True, text=True, timeout=60)
   results = [json.loads(line) for line in
@@ -89,3 +96,20 @@ def test_when_every_try_fails_the_control_runs_as_it_once_did_and_the_script_sto
   done, results, _ = _run_script(tmp_path / "bare", "never", "bf16", with_control=False)
   assert done.returncode == 1
   assert [r["run"] for r in results] == ["bf16", "bf16_nocache", "bf16_notriton"]
+
+
+def test_the_script_ends_with_the_verdict_of_its_lines(tmp_path):
+  """Its last step runs fit_jax.layout_verdict on results.jsonl (the real
+  module, on the stand-in's whole records) into verdict.json and stderr."""
+  from fit_jax.models import generator_layout
+
+  gpu = generator_layout.BY_PLATFORM["gpu"]
+  done, results, _ = _run_script(tmp_path, "", "bf16 bf16_space_to_depth4",
+                                 FAKE_LAYOUT=json.dumps(gpu), PYTHONPATH=str(ROOT))
+  assert done.returncode == 0, done.stderr
+  assert [r["run"] for r in results] == ["bf16"] * 2 + ["bf16_space_to_depth4"] * 2
+  verdict = json.loads((tmp_path / "out" / "verdict.json").read_text())
+  assert verdict["baseline"] == "bf16" and verdict["entry"] == gpu
+  assert not verdict["entry_changes"]
+  printed = json.loads(done.stderr.strip().splitlines()[-1])
+  assert printed == {k: v for k, v in verdict.items() if k != "runs"}
