@@ -13,9 +13,9 @@
 #   OUT=/tmp/gpu_dry CONFIG=configs/tiny.py TRAIN_BATCH=8 INFER_BATCH=8 ITERS=2 \
 #     VERDICT_PLATFORM=cpu bash benchmarks/gpu_session.sh
 #
-# Each run is its own process (flags differ); a run cut off by the call's
-# limit leaves the lines of the runs before it, and a failed run leaves a
-# line {"run", "rc", "error"}. PROFILE_RUN=<run name> (by default the
+# Each run is its own process (flags differ). A failed run leaves a line
+# {"run", "rc", "error"}, and so does a run that the time budget (BUDGET_S,
+# below) stopped or did not start. PROFILE_RUN=<run name> (by default the
 # likeliest default, below) adds a profile (jax.profiler trace, ~20-40 s) to
 # that run: its JSON summary comes
 # back in results.jsonl, the raw training trace as
@@ -35,6 +35,13 @@ PROFILE_RUN=${PROFILE_RUN-bf16_space_to_depth4_phase_2x2}
 # Which runs, by name. A session has about 15 minutes of device time in all,
 # so one call measures variants and a later one what they decided.
 RUNS=${RUNS:-"bf16 bf16_space_to_depth4_phase_2x2 bf16_space_to_depth4_phase_2x2_border f32_space_to_depth4_phase_2x2 bf16_space_to_depth4_phase bf16_space_to_depth4"}
+# Every run ends within BUDGET_S seconds of the script's start: the call's
+# timeout_s (540) less the verdict's few seconds and the kill's grace. A run
+# that would start with under MIN_RUN_S left is not started, and one still
+# running at the budget is stopped; either leaves a failed line that says
+# so. The lines of the runs before, and the verdict, always come back.
+BUDGET_S=${BUDGET_S:-520}
+MIN_RUN_S=${MIN_RUN_S:-30}
 mkdir -p "$OUT"
 # XLA's autotuning results (cuDNN algorithms per convolution) persist across
 # the runs' processes: the variants share most convolutions, so only the
@@ -65,22 +72,36 @@ last_error() {  # a log's last Python exception line, else its last line (an XLA
   { grep -E '^[A-Za-z_.]*(Error|Exception)(: |$)' "$1" || grep . "$1"; } | tail -n 1 | cut -c1-400
 }
 
+failed_line() {  # run name, rc, error: the line results.jsonl gets for a failed run
+  python3 -c 'import json, sys; print(json.dumps({"run": sys.argv[1], "rc": int(sys.argv[2]), "error": sys.argv[3]}))' \
+    "$1" "$2" "$3" | tee -a "$OUT/results.jsonl"
+}
+
 bench() {  # name, then benchmark flags
   local name=$1
   shift
   case " $RUNS " in *" $name "*) ;; *) return 0 ;; esac
   echo "== $name" >&2
+  local left=$((BUDGET_S - SECONDS))
+  if (( left < MIN_RUN_S )); then
+    LAST_RC=124
+    failed_line "$name$RUN_SUFFIX" 124 "not started: ${left} s left of BUDGET_S=${BUDGET_S}"
+    return 0
+  fi
   local log=/tmp/fit_jax_$name.stderr profile=()
   if [[ $name == "$PROFILE_RUN" ]]; then profile=(--profile_dir "$PROFILES/$name"); fi
-  python3 -m fit_jax.benchmark --config "$CONFIG" --train_batch "$TRAIN_BATCH" \
-    --infer_batch "$INFER_BATCH" --iters "$ITERS" "$@" ${profile[@]+"${profile[@]}"} 2> "$log" \
+  timeout --kill-after=10 "$left" python3 -m fit_jax.benchmark --config "$CONFIG" \
+    --train_batch "$TRAIN_BATCH" --infer_batch "$INFER_BATCH" --iters "$ITERS" "$@" \
+    ${profile[@]+"${profile[@]}"} 2> "$log" \
     | grep '^{' | sed "s/^{/{\"run\": \"$name$RUN_SUFFIX\", /" | tee -a "$OUT/results.jsonl"
   local rc=${PIPESTATUS[0]}
   LAST_RC=$rc
-  if [[ $rc != 0 ]]; then  # a failed run says so in results.jsonl, with its error
-    python3 -c 'import json, sys; print(json.dumps({"run": sys.argv[1], "rc": int(sys.argv[2]), "error": sys.argv[3]}))' \
-      "$name$RUN_SUFFIX" "$rc" "$(last_error "$log")" \
-      | tee -a "$OUT/results.jsonl"
+  if (( SECONDS >= BUDGET_S )) && [[ $rc == 124 || $rc == 137 ]]; then  # timeout's codes
+    local last
+    last=$(last_error "$log")
+    failed_line "$name$RUN_SUFFIX" "$rc" "stopped at BUDGET_S=${BUDGET_S} s after ${left} s${last:+; log: $last}"
+  elif [[ $rc != 0 ]]; then  # a failed run says so in results.jsonl, with its error
+    failed_line "$name$RUN_SUFFIX" "$rc" "$(last_error "$log")"
   fi
   # One log for all runs: at most 8 files come back from a device call.
   { echo "== $name"; cat "$log"; } >> "$OUT/stderr.log"
@@ -157,8 +178,8 @@ bench bf16_space_to_depth4_phase_2x2_border --modes infer --dtypes bfloat16 \
   --config.model.generator.rgb_block=4 --config.model.generator.upsample=phase_2x2 \
   --config.model.generator.folded_trunk_padding=border
 # float32, which must stay available (not measured since the first port),
-# with the likeliest default, before the ablations: the call's limit may cut
-# the last run.
+# with the likeliest default, before the ablations: the time budget may stop
+# the last runs.
 bench f32_space_to_depth4_phase_2x2 --dtypes float32 --train_variants fused \
   --infer_variants folded --config.model.generator.rgb_conv=space_to_depth \
   --config.model.generator.rgb_block=4 --config.model.generator.upsample=phase_2x2
@@ -188,7 +209,8 @@ bench bf16_transposed_infer --modes infer --dtypes bfloat16 --infer_variants fol
 echo "done: $(grep -c . "$OUT/results.jsonl") lines in $OUT/results.jsonl" >&2
 # What the lines decide (fit_jax.layout_verdict: generator_layout's rule and
 # issue 7's targets), into the call's output and $OUT/verdict.json. A call
-# cut off before this line: run it on results.jsonl afterwards. A CPU dry
+# cut off before this line anyway (a call's timeout_s under BUDGET_S + 20):
+# run it on results.jsonl afterwards. A CPU dry
 # run compares with the CPU's entry (VERDICT_PLATFORM=cpu).
 if python3 -m fit_jax.layout_verdict "$OUT/results.jsonl" "${VERDICT_PLATFORM:-gpu}" \
     > "$OUT/verdict.json"; then

@@ -12,14 +12,16 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-# Records each benchmark run's cwd, XLA_FLAGS and arguments, and fails it unless
-# XLA_FLAGS holds $FAIL_UNLESS_FLAG ("" never fails, "never" always does).
+# Records each benchmark run's cwd, XLA_FLAGS and arguments, hangs if they hold
+# $HANG_IF, and fails it unless XLA_FLAGS holds $FAIL_UNLESS_FLAG ("" never
+# fails, "never" always does).
 # Other calls (the script writes a failed run's line with Python) go to this
 # interpreter, except the device listing.
 FAKE_PYTHON = r"""#!/usr/bin/env bash
 if [[ "$*" == *"import jax"* ]]; then echo "fake devices"; exit 0; fi
 if [[ "$*" != *fit_jax.benchmark* ]]; then exec "$REAL_PYTHON" "$@"; fi
 printf '%s\t%s\t%s\n' "$PWD" "${XLA_FLAGS:-}" "$*" >> "$CALLS"
+if [[ -n "${HANG_IF:-}" && "$*" == *"$HANG_IF"* ]]; then exec sleep 60; fi
 if [[ "${XLA_FLAGS:-}" != *"$FAIL_UNLESS_FLAG"* ]]; then
   echo "some log line" >&2
   echo "RuntimeError: CUDA_ERROR_ILLEGAL_INSTRUCTION (simulated)" >&2
@@ -113,3 +115,24 @@ def test_the_script_ends_with_the_verdict_of_its_lines(tmp_path):
   assert not verdict["entry_changes"]
   printed = json.loads(done.stderr.strip().splitlines()[-1])
   assert printed == {k: v for k, v in verdict.items() if k != "runs"}
+
+
+def test_the_time_budget_stops_a_run_skips_the_rest_and_keeps_the_verdict(tmp_path):
+  """A run still going at BUDGET_S is stopped and one with under MIN_RUN_S
+  left is not started; each leaves a failed line, and the verdict of the
+  lines before them still comes back (a call cut by its own limit would
+  return neither)."""
+  from fit_jax.models import generator_layout
+
+  gpu = generator_layout.BY_PLATFORM["gpu"]
+  done, results, _ = _run_script(
+    tmp_path, "", "bf16 bf16_space_to_depth4 bf16_phase", FAKE_LAYOUT=json.dumps(gpu),
+    PYTHONPATH=str(ROOT), HANG_IF="rgb_block=4", BUDGET_S="6", MIN_RUN_S="2")
+  assert done.returncode == 0, done.stderr
+  assert [(r["run"], r.get("rc")) for r in results] == [
+    ("bf16", None), ("bf16", None), ("bf16_space_to_depth4", 124), ("bf16_phase", 124)]
+  assert results[2]["error"].startswith("stopped at BUDGET_S=6 s")
+  assert results[3]["error"].startswith("not started:")
+  verdict = json.loads((tmp_path / "out" / "verdict.json").read_text())
+  assert verdict["baseline"] == "bf16"
+  assert sorted(verdict["failed"]) == ["bf16_phase", "bf16_space_to_depth4"]
