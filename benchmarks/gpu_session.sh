@@ -33,7 +33,10 @@ PROFILES=${PROFILES:-/tmp/fit_jax_profiles}
 # the time went, without another call.
 PROFILE_RUN=${PROFILE_RUN-bf16_space_to_depth4_phase_2x2}
 # Which runs, by name. A session has about 15 minutes of device time in all,
-# so one call measures variants and a later one what they decided.
+# so one call measures variants and a later one what they decided. Since the
+# fifteenth session's call the GPU entry is the 4x4-block, phase_2x2, border
+# layout, so `bf16` runs it and the candidate runs below repeat it: name
+# the runs a call needs in RUNS.
 RUNS=${RUNS:-"bf16 bf16_space_to_depth4_phase_2x2 bf16_space_to_depth4_phase_2x2_border f32_space_to_depth4_phase_2x2 bf16_space_to_depth4_phase bf16_space_to_depth4"}
 # Every run ends within BUDGET_S seconds of the script's start: the call's
 # timeout_s (540) less the verdict's few seconds and the kill's grace. A run
