@@ -13,7 +13,7 @@ convolutions leave it.
 
 Importing fit_jax therefore appends
 `--xla_cpu_experimental_ynn_fusion_type=-individual_convolution` to
-XLA_FLAGS. It leaves XLA_FLAGS alone when:
+XLA_FLAGS (with jaxlib 0.11, `-individual_convolution,-reduce`: see VALUES). It leaves XLA_FLAGS alone when:
   * the user's XLA_FLAGS already set that flag (theirs wins);
   * FIT_JAX_KEEP_YNNPACK=1;
   * jaxlib is outside the versions measured. An unknown flag in XLA_FLAGS
@@ -32,10 +32,15 @@ import warnings
 FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 # Removes from jaxlib's default fusion types only the one measured slow.
 VALUE = "-individual_convolution"
+# Per jaxlib version that takes the flag: 0.10.2 (pinned; measured) and
+# 0.11.2 (the GPU image's; checked to route convolutions to YNNPACK without
+# it, to XLA with it). jaxlib 0.11.2's YNNPACK reductions also compute
+# wrongly on CPU: a training step with a 5,748-class A-Softmax head gave a
+# loss of 80.607 (0.10.2, and 0.11.2 op by op: 80.527) and NaN generator
+# gradients; without them it gives 80.527 and finite gradients.
+VALUES = {(0, 10): VALUE, (0, 11): VALUE + ",-reduce"}
+MEASURED_JAXLIB = tuple(VALUES)
 OPT_OUT = "FIT_JAX_KEEP_YNNPACK"
-# jaxlib versions that take the flag: 0.10.2 (pinned; measured) and 0.11.2 (the
-# GPU image's; checked to route convolutions to YNNPACK without it, to XLA with it).
-MEASURED_JAXLIB = ((0, 10), (0, 11))
 
 
 def _jaxlib_minor() -> tuple[int, int] | None:
@@ -59,14 +64,15 @@ def apply(environ=os.environ, jaxlib_minor: tuple[int, int] | None = None) -> bo
   flags = environ.get("XLA_FLAGS", "")
   if FLAG + "=" in flags:
     return False
-  if (jaxlib_minor or _jaxlib_minor()) not in MEASURED_JAXLIB:
+  minor = jaxlib_minor or _jaxlib_minor()
+  if minor not in VALUES:
     return False
-  environ["XLA_FLAGS"] = f"{flags} {FLAG}={VALUE}".strip()
+  environ["XLA_FLAGS"] = f"{flags} {FLAG}={VALUES[minor]}".strip()
   if environ is os.environ and _backends_started():
     warnings.warn(
       "fit_jax was imported after JAX started its backends, so XLA:CPU keeps YNNPACK's "
       "convolutions (several times slower for this model on CPU): import fit_jax first, "
-      f"or set XLA_FLAGS={FLAG}={VALUE} yourself",
+      f"or set XLA_FLAGS={FLAG}={VALUES[minor]} yourself",
       stacklevel=3,
     )
   return True

@@ -22,6 +22,13 @@ def test_flag_is_appended_to_the_users_flags():
   assert empty["XLA_FLAGS"] == f"{xla_cpu_flags.FLAG}={xla_cpu_flags.VALUE}"
 
 
+def test_jaxlib_0_11_also_keeps_reductions_out_of_ynnpack():
+  # Its YNNPACK reductions gave a wrong loss and NaN gradients (the module).
+  env = {}
+  assert xla_cpu_flags.apply(env, (0, 11))
+  assert env["XLA_FLAGS"] == f"{xla_cpu_flags.FLAG}=-individual_convolution,-reduce"
+
+
 @pytest.mark.parametrize("env, version", [
   ({"XLA_FLAGS": f"{xla_cpu_flags.FLAG}=individual_dot"}, MEASURED),  # the user's own choice
   ({xla_cpu_flags.OPT_OUT: "1"}, MEASURED),
