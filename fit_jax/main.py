@@ -41,7 +41,8 @@ def main(argv):
   workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
   logging.info("JAX devices: %s", jax.devices())
   train.train_and_evaluate(_CONFIG.value, workdir)
-  print(f"done: checkpoints in {workdir}/checkpoints, TensorBoard logs in "
+  logs = "TensorBoard logs and " if _CONFIG.value.train.get("tensorboard", True) else ""
+  print(f"done: checkpoints in {workdir}/checkpoints, {logs}metrics.jsonl in "
         f"{workdir}, sample grids in {workdir}/samples")
 
 

@@ -611,6 +611,29 @@ def _record_run(workdir: str, config, models, mesh, first: int, num_steps: int) 
     f.write(json.dumps(record) + "\n")
 
 
+class _LoggingWriter:
+  """Scalars to the log only (config.train.tensorboard=False): for machines
+  without TensorFlow, which clu's TensorBoard writer needs. metrics.jsonl
+  and the PNG sample grids are written either way."""
+
+  def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
+    logging.info("step %d: %s", step, ", ".join(f"{k}={v:.5g}" for k, v in sorted(scalars.items())))
+
+  def write_images(self, step: int, images) -> None:
+    del step, images
+
+  def flush(self) -> None:
+    pass
+
+
+def _metric_writer(config, workdir: str):
+  if not config.train.get("tensorboard", True):
+    return _LoggingWriter()
+  from clu import metric_writers  # noqa: PLC0415  (TensorFlow)
+
+  return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+
+
 def train_and_evaluate(config, workdir: str) -> ts.FitState:
   """Trains from scratch or resumes from the newest checkpoint in workdir.
 
@@ -618,12 +641,12 @@ def train_and_evaluate(config, workdir: str) -> ts.FitState:
   grids (PNG files under workdir/samples too) and orbax checkpoints, and
   appends one line per start to workdir/runs.jsonl (_record_run).
   """
-  # clu's writers import TensorFlow and the input pipeline grain; the update
-  # steps above import neither (the GPU benchmark image has neither).
-  from clu import metric_writers  # noqa: PLC0415
-
+  # Imported here: the update steps above run where the input pipeline's
+  # folder sources cannot (a lent accelerator's image).
   from fit_jax import batch_loader, input_pipeline  # noqa: PLC0415
 
+  started = time.time()
+  budget = config.train.get("time_budget_s", 0) or 0
   workdir = os.path.abspath(os.path.expanduser(workdir))
   data = input_pipeline.build_source(config)
   models = models_lib.build_models(config.model)
@@ -656,9 +679,7 @@ def train_and_evaluate(config, workdir: str) -> ts.FitState:
   if jax.process_index() == 0:
     _record_run(workdir, config, models, mesh, int(state.step), num_steps)
   shard = (jax.process_index(), jax.process_count())
-  writer = metric_writers.create_default_writer(
-    workdir, just_logging=jax.process_index() > 0
-  )
+  writer = _metric_writer(config, workdir)
   os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
   window: list[dict[str, jax.Array]] = []
   first = int(state.step)
@@ -673,7 +694,11 @@ def train_and_evaluate(config, workdir: str) -> ts.FitState:
       state, metrics = steps(state, batch, step_key)
     window.append(metrics)
     done = step + 1
-    if done % config.train.log_every == 0 or done == num_steps:
+    # The budget counts from this function's start (compiles included); the
+    # step that crosses it is the last, with its log, grid and checkpoint.
+    out_of_time = budget > 0 and time.time() - started >= budget
+    last = done == num_steps or out_of_time
+    if done % config.train.log_every == 0 or last:
       host = jax.device_get(window)
       means = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
       _check_finite(means, done)
@@ -688,7 +713,7 @@ def train_and_evaluate(config, workdir: str) -> ts.FitState:
           f.write(json.dumps({"step": done, **{k: v for k, v in means.items()
                                                if k not in ("steps_per_s", "eta_s")}}) + "\n")
       window = []
-    if done % config.train.eval_every == 0 or done == num_steps:
+    if done % config.train.eval_every == 0 or last:
       n = config.train.num_samples
       sample = data.batch(0, config.train.batch_size, "eval", shard)
       device_batch = steps.put_batch(sample)
@@ -699,8 +724,12 @@ def train_and_evaluate(config, workdir: str) -> ts.FitState:
       writer.write_images(done, {"samples": grid[None]})
       path = os.path.join(workdir, "samples", f"step_{done:07d}.png")
       atomic.write_atomically(path, lambda p: Image.fromarray(grid).save(p, "PNG"))
-    if done % config.train.checkpoint_every == 0 or done == num_steps:
+    if done % config.train.checkpoint_every == 0 or last:
       manager.save(done, args=ocp.args.StandardSave(state))
+    if out_of_time:
+      logging.warning("stopping at step %d of %d: config.train.time_budget_s=%g s reached",
+                      done, num_steps, budget)
+      break
   manager.wait_until_finished()
   writer.flush()
   return state
