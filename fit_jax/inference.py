@@ -9,6 +9,7 @@ the convolution, and whose outputs equal the unfolded model's at
 """
 
 import dataclasses
+import os
 
 import jax.numpy as jnp
 
@@ -112,8 +113,9 @@ def generator_from_params(params: dict, batch_stats: dict | None):
 
 
 def load_generator(path: str):
-  """Loads a generator from a training workdir, a checkpoint step or a
-  converted directory (python -m fit_jax.convert_torch).
+  """Loads a generator from a training workdir, a checkpoint step, a
+  converted directory (python -m fit_jax.convert_torch) or a release
+  (python -m fit_jax.release).
 
   Returns:
     (generator, variables, deterministic): `deterministic` is False for
@@ -123,9 +125,13 @@ def load_generator(path: str):
   Raises:
     ValueError / FileNotFoundError: one line naming the path.
   """
-  from fit_jax import pretrained  # noqa: PLC0415
+  from fit_jax import pretrained, release  # noqa: PLC0415
 
-  path, tree = pretrained.restore_checkpoint(path)
+  if release.is_release(os.path.expanduser(path)):
+    _, tree = release.load(os.path.expanduser(path))
+    tree = {"generator": tree}
+  else:
+    path, tree = pretrained.restore_checkpoint(path)
   if "gen" in tree:  # a training FitState
     params = tree["gen"]["params"]["generator"]
     stats = tree["gen"]["batch_stats"].get("generator") or None
