@@ -19,7 +19,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from fit_jax import compact_weights, convert_facenet, evaluate, lfw_pairs, recognizers  # noqa: E402
+from fit_jax import (  # noqa: E402
+  compact_weights,
+  convert_facenet,
+  evaluate,
+  lfw_pairs,
+  recognizers,
+)
 
 
 def main():
