@@ -32,6 +32,7 @@ from fit_jax import (
   atomic,
   losses,
   passwords,
+  preemption,
   pretrained,
 )
 from fit_jax import models as models_lib
@@ -581,10 +582,53 @@ def sample_grid(images: dict[str, np.ndarray], original: np.ndarray) -> np.ndarr
   return np.clip((rows + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
 
 
-def _check_finite(metrics: dict[str, float], step: int) -> None:
+_GROUPS = {"g": "generator group (G and the password head)",
+           "d": "discriminator group (D and the recognizer)"}
+
+
+def _check_finite(metrics: dict[str, float], first: int, last: int) -> None:
+  """Stops on a non-finite loss term, gradient norm or parameter norm of
+  the logging window of steps [first, last], naming the optimizer group
+  (the big_vision/MaxText guard: the window's means carry any NaN)."""
   bad = sorted(k for k, v in metrics.items() if not np.isfinite(v))
-  if bad:
-    raise FloatingPointError(f"non-finite loss at step {step}: {', '.join(bad)}")
+  if not bad:
+    return
+  steps = f"step {last}" if first == last else f"steps {first}-{last}"
+  groups = sorted({_GROUPS.get(k.split("/")[0], "metrics") for k in bad})
+  raise FloatingPointError(
+    f"non-finite values in {steps}, {' and '.join(groups)}: {', '.join(bad)} "
+    f"(checkpoints up to step {first - 1} were checked finite)")
+
+
+def _agree(flag: bool) -> bool:
+  """Process 0's flag on every process (a decision all must take together)."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils  # noqa: PLC0415
+
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+
+
+def _gather(tree):
+  """Host numpy copies of (possibly multi-process) sharded arrays."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils  # noqa: PLC0415
+
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def _keep_metrics_up_to(workdir: str, step: int) -> None:
+  """Drops metrics.jsonl records past the restored step: the resumed run
+  logs those steps again, and each step keeps one line."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.isfile(path):
+    return
+  with open(path) as f:
+    lines = [line for line in f if line.strip()]
+  kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+  if len(kept) != len(lines):
+    atomic.write_text(path, "".join(kept))
 
 
 def _record_run(workdir: str, config, models, mesh, first: int, num_steps: int) -> None:
@@ -634,19 +678,24 @@ def _metric_writer(config, workdir: str):
   return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
 
 
-def train_and_evaluate(config, workdir: str) -> ts.FitState:
+def train_and_evaluate(config, workdir: str, preempt: preemption.Preemption | None = None
+                       ) -> ts.FitState:
   """Trains from scratch or resumes from the newest checkpoint in workdir.
 
   Writes TensorBoard scalars (averaged over each logging window) and sample
   grids (PNG files under workdir/samples too) and orbax checkpoints, and
-  appends one line per start to workdir/runs.jsonl (_record_run).
+  appends one line per start to workdir/runs.jsonl (_record_run). Process 0
+  alone writes logs, grids and records; every process saves checkpoints.
+
+  A run stops early, with its last step logged, sampled and checkpointed,
+  at config.train.time_budget_s or at a preemption notice (SIGTERM; see
+  fit_jax.preemption: `preempt.stopped_at` then says where).
   """
   # Imported here: the update steps above run where the input pipeline's
   # folder sources cannot (a lent accelerator's image).
   from fit_jax import batch_loader, input_pipeline  # noqa: PLC0415
 
   started = time.time()
-  budget = config.train.get("time_budget_s", 0) or 0
   workdir = os.path.abspath(os.path.expanduser(workdir))
   data = input_pipeline.build_source(config)
   models = models_lib.build_models(config.model)
@@ -670,6 +719,10 @@ def train_and_evaluate(config, workdir: str) -> ts.FitState:
   state = ts.create_train_state(config, models, init_key, mesh, overrides)
   if resuming:
     state = _restore(manager, state, workdir)
+    logging.warning("resuming from step %d (%s)", int(state.step),
+                    os.path.join(workdir, "checkpoints"))
+    if jax.process_index() == 0:
+      _keep_metrics_up_to(workdir, int(state.step))
   steps = TrainSteps(models, config, mesh, state)
   num_steps = config.train.num_steps
   if num_steps <= 0:
@@ -680,13 +733,36 @@ def train_and_evaluate(config, workdir: str) -> ts.FitState:
     _record_run(workdir, config, models, mesh, int(state.step), num_steps)
   shard = (jax.process_index(), jax.process_count())
   writer = _metric_writer(config, workdir)
-  os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-  window: list[dict[str, jax.Array]] = []
+  if jax.process_index() == 0:
+    os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
   first = int(state.step)
-  start = time.time()
   batches = batch_loader.TrainBatches(
     data, first, num_steps, config.train.batch_size, shard, config.data.num_workers
   )
+  preempt = preempt or preemption.Preemption()
+  if first >= num_steps:
+    logging.warning("nothing to train: %s is already at step %d of %d", workdir, first, num_steps)
+  logging.info("process %d of %d reads rows [%d, %d) of each global batch of %d",
+               shard[0], shard[1], shard[0] * config.train.batch_size // shard[1],
+               (shard[0] + 1) * config.train.batch_size // shard[1], config.train.batch_size)
+  with preempt:
+    state = _loop(config, workdir, state, steps, data, batches, writer, manager, preempt,
+                  step_key, started, first, num_steps)
+  manager.wait_until_finished()
+  writer.flush()
+  if preempt.stopped_at is not None:
+    logging.warning("preempted: stopped after step %d with its checkpoint saved; run the "
+                    "same command to resume", preempt.stopped_at)
+  return state
+
+
+def _loop(config, workdir, state, steps, data, batches, writer, manager, preempt, step_key,
+          started, first, num_steps):
+  """The training loop of train_and_evaluate; returns the last state."""
+  budget = config.train.get("time_budget_s", 0) or 0
+  shard = (jax.process_index(), jax.process_count())
+  window: list[dict[str, jax.Array]] = []
+  start = time.time()
   for step, batch in batches:
     # The host must not wait for the device between logging steps: any
     # implicit device-to-host copy in the dispatch path is an error.
@@ -694,14 +770,18 @@ def train_and_evaluate(config, workdir: str) -> ts.FitState:
       state, metrics = steps(state, batch, step_key)
     window.append(metrics)
     done = step + 1
-    # The budget counts from this function's start (compiles included); the
-    # step that crosses it is the last, with its log, grid and checkpoint.
-    out_of_time = budget > 0 and time.time() - started >= budget
-    last = done == num_steps or out_of_time
-    if done % config.train.log_every == 0 or last:
+    log_step = done % config.train.log_every == 0
+    # The budget counts from train_and_evaluate's start (compiles included);
+    # the step that crosses it is the last, with its log, grid and
+    # checkpoint. Several processes decide at logging steps, together.
+    out_of_time = budget > 0 and (jax.process_count() == 1 or log_step) and _agree(
+      time.time() - started >= budget)
+    preempted = preempt.reached(done, manager)
+    last = done == num_steps or out_of_time or preempted
+    if log_step or last:
       host = jax.device_get(window)
       means = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-      _check_finite(means, done)
+      _check_finite(means, done - len(window) + 1, done)
       means["data/skipped_records"] = float(len(getattr(data, "skipped", ())))
       elapsed = time.time() - start
       means["steps_per_s"] = (done - first) / max(elapsed, 1e-9)
@@ -719,17 +799,18 @@ def train_and_evaluate(config, workdir: str) -> ts.FitState:
       device_batch = steps.put_batch(sample)
       # Evaluate a copy: the generator step donates its state argument.
       _, generated, _ = steps.generator(jax.tree.map(jnp.copy, state), device_batch, step_key)
-      generated = {k: np.asarray(v)[:n] for k, v in jax.device_get(generated).items()}
-      grid = sample_grid(generated, sample["image"][:n])
-      writer.write_images(done, {"samples": grid[None]})
-      path = os.path.join(workdir, "samples", f"step_{done:07d}.png")
-      atomic.write_atomically(path, lambda p: Image.fromarray(grid).save(p, "PNG"))
+      generated, originals = _gather((generated, sample["image"]))
+      if jax.process_index() == 0:
+        grid = sample_grid({k: np.asarray(v)[:n] for k, v in generated.items()},
+                           np.asarray(originals)[:n])
+        writer.write_images(done, {"samples": grid[None]})
+        path = os.path.join(workdir, "samples", f"step_{done:07d}.png")
+        atomic.write_atomically(path, lambda p: Image.fromarray(grid).save(p, "PNG"))
     if done % config.train.checkpoint_every == 0 or last:
-      manager.save(done, args=ocp.args.StandardSave(state))
+      manager.save(done, args=ocp.args.StandardSave(state), force=preempted)
     if out_of_time:
       logging.warning("stopping at step %d of %d: config.train.time_budget_s=%g s reached",
                       done, num_steps, budget)
+    if last:
       break
-  manager.wait_until_finished()
-  writer.flush()
   return state

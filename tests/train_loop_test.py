@@ -45,9 +45,17 @@ def test_train_writes_outputs_and_resumes(tmp_path):
   assert runs[1]["backend"] == "cpu" and runs[1]["num_devices"] == jax.device_count()
 
 
-def test_non_finite_loss_names_step_and_term():
-  with pytest.raises(FloatingPointError, match="step 7: g/fr_anon"):
-    train._check_finite({"g/fr_anon": float("nan"), "g/loss": 1.0}, 7)
+def test_non_finite_values_name_steps_group_and_term():
+  with pytest.raises(FloatingPointError, match=r"in step 7, generator group .*: g/fr_anon \(checkpoints up to step 6 "):
+    train._check_finite({"g/fr_anon": float("nan"), "g/loss": 1.0}, 7, 7)
+  # Norms are watched like losses; the window's step range and both groups
+  # are named.
+  with pytest.raises(FloatingPointError, match=(
+      r"in steps 11-20, discriminator group \(D and the recognizer\) and generator group "
+      r"\(G and the password head\): d/param_norm, g/grad_norm")):
+    train._check_finite({"g/grad_norm": float("inf"), "d/param_norm": float("nan"),
+                         "d/loss": 0.5}, 11, 20)
+  train._check_finite({"g/loss": 1.0, "d/grad_norm": 3.0}, 1, 5)
 
 
 def test_synthetic_faces_are_deterministic_and_valid():
