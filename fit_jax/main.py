@@ -25,42 +25,18 @@ _DISTRIBUTED = flags.DEFINE_bool(
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
-_ENVIRONMENT = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
-
-
-def distributed_arguments(environ=os.environ) -> dict:
-  """jax.distributed.initialize's arguments from the environment.
-
-  JAX reads only the coordinator's address from its environment; the process
-  count and index must be passed. With none of the three set, JAX's cluster
-  discovery (Cloud TPU, SLURM, ...) fills them in.
-  """
-  given = [name for name in _ENVIRONMENT if environ.get(name)]
-  if not given:
-    return {}
-  if len(given) != len(_ENVIRONMENT):
-    missing = sorted(set(_ENVIRONMENT) - set(given))
-    raise app.UsageError(f"--distributed with {', '.join(given)} set also needs {', '.join(missing)}")
-  try:
-    count, index = int(environ["JAX_NUM_PROCESSES"]), int(environ["JAX_PROCESS_ID"])
-  except ValueError:
-    raise app.UsageError("JAX_NUM_PROCESSES and JAX_PROCESS_ID must be integers") from None
-  if not 0 <= index < count:
-    raise app.UsageError(f"JAX_PROCESS_ID={index} is outside [0, JAX_NUM_PROCESSES={count})")
-  return {"coordinator_address": environ["JAX_COORDINATOR_ADDRESS"],
-          "num_processes": count, "process_id": index}
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import jax  # noqa: PLC0415  (after absl parsed the flags)
 
   if _DISTRIBUTED.value:
-    # CPU devices need a collectives implementation across processes (GPUs
-    # and TPUs have their own); it must be chosen before the backend starts.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(**distributed_arguments())
+    from fit_jax import multihost  # noqa: PLC0415
+
+    try:
+      multihost.initialize()
+    except ValueError as e:  # the environment, named in one line
+      raise app.UsageError(str(e)) from None
   cache = _CONFIG.value.train.get("compilation_cache", "")
   if cache and not jax.config.jax_compilation_cache_dir:
     # An explicit JAX_COMPILATION_CACHE_DIR wins over the config's default.
