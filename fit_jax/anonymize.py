@@ -5,5 +5,10 @@ See fit_jax.photo_cli for the options.
 
 from fit_jax import photo_cli
 
-if __name__ == "__main__":
+
+def main() -> None:  # the `fit-anonymize` console script
   photo_cli.main("anonymize")
+
+
+if __name__ == "__main__":
+  main()

@@ -184,10 +184,12 @@ def evaluate(
 
   variants: dict[str, np.ndarray] = {}
   if checkpoint:
-    from fit_jax import inference  # noqa: PLC0415
+    from fit_jax import inference, release  # noqa: PLC0415
 
     model, variables, deterministic = inference.load_generator(checkpoint)
-    transformer = inference.Transformer(model, variables, deterministic)
+    card = release.card_for(checkpoint)
+    transformer = inference.Transformer(
+      model, variables, deterministic, scale=card["password_scale"] if card else 1.0)
     passwords = draw_passwords(len(x), model.password_bits, seed)
     generated = transform_all(transformer, x, passwords, batch_size)
     variants.update({f"{METHOD}:{k}": v for k, v in generated.items()})
@@ -374,7 +376,8 @@ def _define_flags() -> types.SimpleNamespace:
     folds=flags.DEFINE_list("folds", [], "pairs.txt folds to use (default all present)."),
     max_pairs=flags.DEFINE_integer("max_pairs", 0, "Use at most this many pairs (0: all)."),
     detector=flags.DEFINE_enum("detector", "mtcnn", ["mtcnn", "none"], "Detector consistency."),
-    image_size=flags.DEFINE_integer("image_size", 128, "Side the model sees."),
+    image_size=flags.DEFINE_integer(
+      "image_size", None, "Side the model sees (default: its model card's, else 128)."),
     batch=flags.DEFINE_integer("batch_size", 32, "Generator batch."),
     seed=flags.DEFINE_integer("seed", 0, "Password seed."),
   )
@@ -391,6 +394,12 @@ def main():
     out_dir = os.path.abspath(os.path.expanduser(f.out.value))
     if os.path.exists(out_dir):
       raise app.UsageError(f"--out {out_dir} exists; choose a new report directory")
+    image_size = f.image_size.value
+    if image_size is None:
+      from fit_jax import release  # noqa: PLC0415
+
+      card = release.card_for(f.checkpoint.value) if f.checkpoint.value else None
+      image_size = card["image_size"] if card else 128
     try:
       report, extras = evaluate(
         checkpoint=f.checkpoint.value, data=os.path.expanduser(f.data.value),
@@ -398,7 +407,7 @@ def main():
         recognizer_names=f.recognizers.value, baseline_names=f.baselines.value,
         deanonymizers=f.deanonymizers.value, sphereface=f.sphereface.value,
         folds=[int(x) for x in f.folds.value] or None, max_pairs=f.max_pairs.value,
-        detector=f.detector.value, image_size=f.image_size.value, batch_size=f.batch.value,
+        detector=f.detector.value, image_size=image_size, batch_size=f.batch.value,
         seed=f.seed.value,
       )
     except (ValueError, FileNotFoundError, ImportError) as e:

@@ -116,5 +116,9 @@ def main(argv):
     print(f"wrote TFLite model with signatures anonymize, recover to {os.path.abspath(_TFLITE.value)}")
 
 
-if __name__ == "__main__":
+def run() -> None:  # the `fit-export` console script
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -63,5 +63,9 @@ def main(argv):
         f"metrics.jsonl in {workdir}, sample grids in {workdir}/samples")
 
 
-if __name__ == "__main__":
+def run() -> None:  # the `fit-train` console script
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -58,7 +58,7 @@ def int_to_bits(value: int, num_bits: int) -> np.ndarray:
   check_length(num_bits)
   value = int(value)
   if not 0 <= value < 2**num_bits:
-    raise ValueError(f"password {value} is outside [0, 2^{num_bits})")
+    raise ValueError(f"the password is outside [0, 2^{num_bits})")
   return np.array(
     [(value >> (num_bits - 1 - i)) & 1 for i in range(num_bits)], np.uint8
   )
@@ -200,7 +200,7 @@ def parse(text: str, num_bits: int) -> np.ndarray:
     digits_ = stripped[2:].replace("_", "")
     if len(digits_) > num_bits // 4:
       raise ValueError(
-        f"hex password {stripped!r} has {len(digits_)} digits; "
+        f"the hex password has {len(digits_)} digits; "
         f"a {num_bits}-bit password has at most {num_bits // 4}"
       )
     return int_to_bits(int(digits_, 16), num_bits)
@@ -208,12 +208,14 @@ def parse(text: str, num_bits: int) -> np.ndarray:
     value = int(stripped)
     if value >= 2**num_bits:
       raise ValueError(
-        f"integer password {value} is outside [0, 2^{num_bits}) "
+        f"the integer password is outside [0, 2^{num_bits}) "
         f"(the largest is {2**num_bits - 1})"
       )
     return int_to_bits(value, num_bits)
   if re.fullmatch(r"0[xX].*|-[0-9]+", stripped):
-    raise ValueError(f"malformed password {stripped!r}: not a valid hex or integer")
+    # Never repeat the secret: name the rule it breaks instead.
+    raise ValueError("malformed password: it starts like a number (0x or -) but is not "
+                     "a valid hex or non-negative integer")
   if not text:
     raise ValueError("empty password")
   return passphrase_bits(text, num_bits)

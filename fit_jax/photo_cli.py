@@ -34,7 +34,10 @@ SIDECAR = ".fit.json"
 MAX_PIXELS = 40_000_000
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Training workdir, checkpoint or converted dir.")
-_PASSWORD = flags.DEFINE_string("password", None, "Password (integer, 0x-hex or passphrase).")
+_PASSWORD = flags.DEFINE_string(
+  "password", None, "Password (integer, 0x-hex or passphrase). A 16-bit model (the paper's) "
+  "has 65,536 passwords, which anyone holding the model can try in seconds: any passphrase "
+  "is one of them. Train with model.password_bits=128 where guessing matters.")
 _PASSWORD_ENV = flags.DEFINE_string("password_env", None, "Read the password from this variable.")
 _PASSWORD_FILE = flags.DEFINE_string("password_file", None, "Read the password from this file.")
 _OUT = flags.DEFINE_string("out", None, "Output folder.")
@@ -42,7 +45,8 @@ _MODE = flags.DEFINE_enum("mode", "crop", ["crop", "wild"], "Aligned crops or ph
 _FORMAT = flags.DEFINE_enum("format", "same", ["same", "png"], "Output format.")
 _BATCH = flags.DEFINE_integer("batch", 16, "Images per generator call (crop mode).")
 _SIZE = flags.DEFINE_integer(
-  "size", 128, "Side of the faces the model sees: its training data.image_size (128 in the paper)."
+  "size", None, "Side of the faces the model sees. Default: the model card's image size "
+  "(its training data.image_size; 128 without a card, as the paper)."
 )
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace existing outputs (never inputs).")
 
@@ -127,6 +131,26 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
   return np.clip((image + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
 
 
+def model_settings(checkpoint: str, model) -> tuple[int, float]:
+  """(image size, password scale) from the model card, --size checked."""
+  from fit_jax import release  # noqa: PLC0415
+
+  card = release.card_for(checkpoint)
+  trained = card["image_size"] if card else None
+  size = _SIZE.value if _SIZE.value is not None else (trained or 128)
+  multiple = 2**model.num_downsampling
+  if size < 16 or size % multiple:
+    raise app.UsageError(f"--size {size}: give a side of at least 16 pixels that is a "
+                         f"multiple of {multiple} (this generator's downsampling)")
+  if trained is None and _SIZE.value is None:
+    print(f"{checkpoint} carries no model card: assuming 128 px faces (give --size)",
+          file=sys.stderr)
+  elif trained is not None and size != trained:
+    print(f"this model was trained on {trained} px faces; running it at {size} px (--size)",
+          file=sys.stderr)
+  return size, float(card["password_scale"]) if card else 1.0
+
+
 def run(direction: str, inputs: list[str]) -> int:
   if not inputs:
     raise app.UsageError("give at least one input file or folder")
@@ -143,11 +167,14 @@ def run(direction: str, inputs: list[str]) -> int:
       f"--checkpoint: {_CHECKPOINT.value} has no running statistics (norm=batch_stats), so an "
       "image's output would depend on the other images of its batch; use a norm=batch checkpoint"
     )
+  size, scale = model_settings(_CHECKPOINT.value, model)
   bits = read_password(model.password_bits)
-  transformer = inference.Transformer(model, variables, deterministic)
+  transformer = inference.Transformer(model, variables, deterministic, scale=scale)
   transform = transformer.anonymize if direction == "anonymize" else transformer.recover
   out_dir = os.path.abspath(_OUT.value)
   items = collect_inputs(inputs)
+  if not items:
+    raise app.UsageError(f"no images in {', '.join(inputs)} (looked for {', '.join(IMAGE_SUFFIXES)})")
   input_paths = {os.path.realpath(p) for p, _ in items}
   planned: dict[str, str] = {}
   failures: list[tuple[str, str]] = []
@@ -167,8 +194,13 @@ def run(direction: str, inputs: list[str]) -> int:
   detector = faces.Detector() if _MODE.value == "wild" else None
   done = 0
 
+  terminal = sys.stderr.isatty()
+
   def progress():
-    print(f"\r{direction}: {done}/{len(jobs)} images", end="", file=sys.stderr, flush=True)
+    # One updating line on a terminal; whole lines in logs and pipes.
+    line = f"{direction}: {done}/{len(jobs)} images"
+    print(f"\r{line}" if terminal else line, end="" if terminal else "\n",
+          file=sys.stderr, flush=True)
 
   if _MODE.value == "crop":
     for start in range(0, len(jobs), _BATCH.value):
@@ -179,7 +211,7 @@ def run(direction: str, inputs: list[str]) -> int:
         except ItemError as e:
           failures.append((path, str(e)))
           continue
-        pil = Image.fromarray(rgb).resize((_SIZE.value, _SIZE.value), Image.BICUBIC)
+        pil = Image.fromarray(rgb).resize((size, size), Image.BICUBIC)
         images.append(np.asarray(pil, np.float32) / 127.5 - 1.0)
         chunk.append((path, target))
       if images:
@@ -204,7 +236,7 @@ def run(direction: str, inputs: list[str]) -> int:
           crops, small = detector(rgb)
         if not crops:
           raise ItemError("no face found" + (f" ({small} too small)" if small else ""))
-        transformed = transform(np.stack([faces.extract(rgb, c, _SIZE.value) for c in crops]), bits)
+        transformed = transform(np.stack([faces.extract(rgb, c, size) for c in crops]), bits)
         result = rgb
         for crop, face in zip(crops, transformed):
           result = faces.paste(result, crop, face)
@@ -212,14 +244,15 @@ def run(direction: str, inputs: list[str]) -> int:
         record = {"version": 1, "crops": [c.to_json() for c in crops]}
         atomic.write_text(target + SIDECAR, json.dumps(record))
         if small:
-          print(f"\n{path}: {small} face(s) too small to transform", file=sys.stderr)
+          print(f"{path}: {small} face(s) too small to transform", file=sys.stderr)
       except ItemError as e:
         failures.append((path, str(e)))
       except OSError as e:
         failures.append((path, f"cannot write output: {e.strerror}"))
       done += 1
       progress()
-  print(file=sys.stderr)
+  if terminal:
+    print(file=sys.stderr)
   for path, reason in failures:
     print(f"failed {path}: {reason}")
   print(f"{direction}: {len(items) - len(failures)} written to {out_dir}, {len(failures)} failed")
@@ -230,4 +263,9 @@ def main(direction: str) -> None:
   def entry(argv):
     sys.exit(run(direction, argv[1:]))
 
+  # --help lists the flags of the program's main module: make this module's
+  # flags its own, whether it runs as `python -m fit_jax.anonymize` or as
+  # the `fit-anonymize` console script.
+  for flag in flags.FLAGS.get_flags_for_module(__name__):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   app.run(entry)

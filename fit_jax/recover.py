@@ -6,5 +6,10 @@ See fit_jax.photo_cli for the options.
 
 from fit_jax import photo_cli
 
-if __name__ == "__main__":
+
+def main() -> None:  # the `fit-recover` console script
   photo_cli.main("recover")
+
+
+if __name__ == "__main__":
+  main()

@@ -84,12 +84,27 @@ def release(checkpoint: str, out: str, *, mode: str = "int8", max_part_bytes: in
   return written + [card]
 
 
+def card_for(checkpoint: str) -> dict | None:
+  """The model card of a release, or of a training workdir (from its
+  runs.jsonl), or None (a converted checkpoint carries no card)."""
+  path = os.path.abspath(os.path.expanduser(checkpoint))
+  if is_release(path):
+    return load_card(path)
+  # A workdir, its checkpoints/ folder or one step inside it.
+  for candidate in (path, os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
+    if os.path.isfile(os.path.join(candidate, "runs.jsonl")):
+      step_dir = os.path.basename(path)
+      step = int(step_dir) if step_dir.isdigit() else -1
+      return card_of(recorded_config(candidate), step, "float32")
+  return None
+
+
 def is_release(path: str) -> bool:
   return os.path.isfile(os.path.join(path, CARD))
 
 
-def load(path: str) -> tuple[dict, dict]:
-  """(card, {'params', 'batch_stats'}) of a release directory."""
+def load_card(path: str) -> dict:
+  """The model card of a release directory."""
   card_path = os.path.join(path, CARD)
   try:
     with open(card_path) as f:
@@ -98,7 +113,12 @@ def load(path: str) -> tuple[dict, dict]:
     raise ValueError(f"{card_path}: unreadable model card ({e})") from None
   if card.get("format") != FORMAT:
     raise ValueError(f"{card_path}: model card format {card.get('format')}, expected {FORMAT}")
-  return card, compact_weights.load(os.path.join(path, WEIGHTS))
+  return card
+
+
+def load(path: str) -> tuple[dict, dict]:
+  """(card, {'params', 'batch_stats'}) of a release directory."""
+  return load_card(path), compact_weights.load(os.path.join(path, WEIGHTS))
 
 
 def main():

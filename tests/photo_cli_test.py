@@ -76,7 +76,10 @@ def test_crop_mode_with_bad_inputs(checkpoint, tmp_path):
   assert "5 written" in lines[-1] and "5 failed" in lines[-1]
   for name in ("face.jpg", "cmyk.jpg", "alpha.png", "gray.png", "deep.png"):
     image = Image.open(out / name)
-    assert image.size == (128, 128) and image.mode == "RGB"
+    # The checkpoint's card (its runs.jsonl) says 64 px: the size it runs at.
+    assert image.size == (64, 64) and image.mode == "RGB"
+  # Progress goes to logs as whole lines, not carriage-return updates.
+  assert "anonymize: 10/10 images\n" in done.stderr and "\r" not in done.stderr
   # Same password through a file recovers; the inputs were never touched.
   (tmp_path / "pw.txt").write_text(PASSWORD + "\n")
   rec = _cli("recover", f"--checkpoint={checkpoint}", f"--password_file={tmp_path / 'pw.txt'}",
@@ -220,3 +223,68 @@ def test_recovery_through_files_is_the_models_recovery(checkpoint, tmp_path):
   assert wrong.returncode == 0
   w = np.asarray(Image.open(tmp_path / "w" / "face.png"), np.float32) / 127.5 - 1.0
   assert np.abs(w - got["png"]).mean() > 1e-3
+
+
+def test_help_size_and_empty_inputs_are_clear(checkpoint, tmp_path):
+  helped = _cli("anonymize", "--help")  # absl exits 1 after help
+  # The installed console script too ([project.scripts]).
+  script = subprocess.run([str(pathlib.Path(sys.executable).parent / "fit-recover"), "--help"],
+                          capture_output=True, text=True, timeout=300)
+  for output in (helped.stdout, script.stdout):
+    for flag in ("--checkpoint", "--password", "--size", "--mode", "65,536"):
+      assert flag in output, flag
+  (tmp_path / "empty").mkdir()
+  empty = _cli("anonymize", f"--checkpoint={checkpoint}", f"--password={PASSWORD}",
+               f"--out={tmp_path / 'o'}", str(tmp_path / "empty"))
+  assert empty.returncode != 0 and "no images in" in empty.stderr
+  assert "Traceback" not in empty.stderr
+  shutil.copy(PHOTO, tmp_path / "face.jpg")
+  for size in ("0", "7"):
+    bad = _cli("anonymize", f"--checkpoint={checkpoint}", f"--password={PASSWORD}",
+               f"--out={tmp_path / 'o'}", f"--size={size}", str(tmp_path / "face.jpg"))
+    assert bad.returncode != 0 and f"--size {size}: give a side" in bad.stderr, bad.stderr[-500:]
+    assert "Traceback" not in bad.stderr
+  other = _cli("anonymize", f"--checkpoint={checkpoint}", f"--password={PASSWORD}",
+               f"--out={tmp_path / 'o128'}", "--size=128", str(tmp_path / "face.jpg"))
+  assert other.returncode == 0 and "trained on 64 px faces; running it at 128 px" in other.stderr
+  assert Image.open(tmp_path / "o128" / "face.jpg").size == (128, 128)
+
+
+def test_the_cards_password_scale_is_used(tmp_path):
+  """A release whose card says password_scale=0.5 runs at 0.5, not 1.0
+  (random weights, so the password visibly changes the output)."""
+  import jax  # noqa: PLC0415
+
+  from fit_jax import compact_weights, models, release  # noqa: PLC0415
+
+  config = tiny.get_config()
+  generator = models.build_models(config.model).generator
+  variables = generator.init(jax.random.key(3), np.zeros((1, 64, 64, 3), np.float32),
+                             np.zeros((1, 16), np.float32), train=False)
+  variables = jax.device_get(dict(variables))
+  # Password channels weigh 50x and the output layer 300x (a fresh init's
+  # output is ~1e-4), so the password scale shows in the written image.
+  kernel = np.array(variables["params"]["conv_in"])  # [7, 7, 3 + bits, ngf]
+  kernel[:, :, 3:, :] *= 50.0
+  variables["params"]["conv_in"] = kernel
+  variables["params"]["conv_out"] = jax.tree.map(lambda w: w * 300.0,
+                                                 variables["params"]["conv_out"])
+  model_dir = tmp_path / "model"
+  compact_weights.save(str(model_dir / release.WEIGHTS), variables, "float32")
+  config.model.password_scale = 0.5
+  card = release.card_of(__import__("json").loads(config.to_json_best_effort()), 0, "float32")
+  (model_dir / release.CARD).write_text(__import__("json").dumps(card))
+  shutil.copy(PHOTO, tmp_path / "face.png")
+  done = _cli("anonymize", f"--checkpoint={model_dir}", f"--password={PASSWORD}",
+              f"--out={tmp_path / 'o'}", str(tmp_path / "face.png"))
+  assert done.returncode == 0, done.stderr[-2000:]
+  got = np.asarray(Image.open(tmp_path / "o" / "face.png"), np.float32)
+  model, loaded, deterministic = inference.load_generator(str(model_dir))
+  x = np.asarray(Image.open(PHOTO).resize((64, 64), Image.BICUBIC), np.float32)[None] / 127.5 - 1
+  bits = passwords.parse(PASSWORD, 16)
+  errors = {}
+  for scale in (0.5, 1.0):
+    want = inference.Transformer(model, loaded, deterministic, scale=scale).anonymize(x, bits)
+    want = np.clip((want[0] + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8).astype(np.float32)
+    errors[scale] = np.abs(got - want).max()
+  assert errors[0.5] <= 1 < errors[1.0], errors
