@@ -10,6 +10,7 @@ Kubernetes). CPU devices of several processes talk through gloo.
 """
 
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -50,8 +51,14 @@ def main(argv):
 
   workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
   logging.info("JAX devices: %s", jax.devices())
+  from fit_jax import input_pipeline  # noqa: PLC0415
+
   preempt = preemption.Preemption()
-  state = train.train_and_evaluate(_CONFIG.value, workdir, preempt)
+  try:
+    state = train.train_and_evaluate(_CONFIG.value, workdir, preempt)
+  except (input_pipeline.BadRecordError, train.CheckpointMismatchError, FileNotFoundError) as e:
+    # The data or the workdir, named in one line (a traceback would bury it).
+    sys.exit(f"fit_jax.main: {e}")
   if jax.process_index() > 0:
     return
   if preempt.stopped_at is not None:
@@ -63,8 +70,21 @@ def main(argv):
         f"metrics.jsonl in {workdir}, sample grids in {workdir}/samples")
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a mistyped config field as one line (as
+  ml_collections raises it, it is a page of traceback)."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    reason = str(e).strip("'\"").replace("\\n", "; ").replace("\n", "; ")
+    reason = reason.replace("\\'", "").replace('\\"', '"').strip("'\"")
+    overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+    sys.exit(f"unknown config field ({reason}) in {' '.join(overrides) or '--config'}; the "
+             "fields are those of the config file")
+
+
 def run() -> None:  # the `fit-train` console script
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from fit_jax import atomic, faces, inference, input_pipeline, passwords
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 SIDECAR = ".fit.json"
-MAX_PIXELS = 40_000_000
+MAX_PIXELS = input_pipeline.MAX_PIXELS
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Training workdir, checkpoint or converted dir.")
 _PASSWORD = flags.DEFINE_string(

@@ -482,6 +482,10 @@ def _leaf_shapes(tree) -> dict[str, tuple]:
   return shapes
 
 
+class CheckpointMismatchError(ValueError):
+  """A workdir's checkpoint was written for another training state."""
+
+
 def _restore(manager, template, workdir: str):
   """The newest checkpoint into the template's structure, shapes and shardings,
   or one clear error when it was written for another state (another config,
@@ -497,19 +501,19 @@ def _restore(manager, template, workdir: str):
   wanted = _leaf_shapes(template)
   for name, shape in wanted.items():
     if name in stored and stored[name] != shape:
-      raise ValueError(f"{where}: {name} has shape {stored[name]} in the checkpoint, "
+      raise CheckpointMismatchError(f"{where}: {name} has shape {stored[name]} in the checkpoint, "
                        f"{shape} in this config; {advice}")
   if stored:
     for side, names in (("lacks", sorted(set(wanted) - set(stored))),
                         ("has no place here for", sorted(set(stored) - set(wanted)))):
       if names:
         more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
-        raise ValueError(f"{where}: the checkpoint {side} {names[0]}{more}: it was written "
+        raise CheckpointMismatchError(f"{where}: the checkpoint {side} {names[0]}{more}: it was written "
                          f"for another training state; {advice}")
   try:
     return manager.restore(step, args=ocp.args.StandardRestore(template))
   except ValueError as e:
-    raise ValueError(f"{where}: the checkpoint does not fit this config's training state "
+    raise CheckpointMismatchError(f"{where}: the checkpoint does not fit this config's training state "
                      f"({str(e).splitlines()[0]}); {advice}") from e
 
 
@@ -616,6 +620,13 @@ def _gather(tree):
   from jax.experimental import multihost_utils  # noqa: PLC0415
 
   return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def write_skipped(workdir: str, skipped: dict[str, str]) -> None:
+  """workdir/skipped_records.txt: each record skipped so far (on_bad_record
+  = 'skip') and why, one per line, so none is dropped silently."""
+  lines = "".join(f"{path}\t{reason}\n" for path, reason in sorted(skipped.items()))
+  atomic.write_text(os.path.join(workdir, "skipped_records.txt"), lines)
 
 
 def _keep_metrics_up_to(workdir: str, step: int) -> None:
@@ -782,7 +793,10 @@ def _loop(config, workdir, state, steps, data, batches, writer, manager, preempt
       host = jax.device_get(window)
       means = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
       _check_finite(means, done - len(window) + 1, done)
-      means["data/skipped_records"] = float(len(getattr(data, "skipped", ())))
+      skipped = getattr(data, "skipped", {})
+      means["data/skipped_records"] = float(len(skipped))
+      if skipped and jax.process_index() == 0:
+        write_skipped(workdir, skipped)
       elapsed = time.time() - start
       means["steps_per_s"] = (done - first) / max(elapsed, 1e-9)
       means["eta_s"] = (num_steps - done) / max(means["steps_per_s"], 1e-9)

@@ -232,3 +232,10 @@ def test_ffhq_source_reads_the_validation_list(tmp_path):
   config.data.landmarks = ""
   with pytest.raises(ValueError, match="ffhq needs a landmark file"):
     input_pipeline.build_source(config)
+
+
+def test_huge_images_are_refused_before_decoding(tmp_path):
+  Image.new("L", (8000, 6000)).save(tmp_path / "huge.png")  # 48 MP
+  with pytest.raises(input_pipeline.BadRecordError, match="huge.png: image of 8000x6000 pixels "
+                     "is too large"):
+    input_pipeline.load_image(str(tmp_path / "huge.png"), 64)

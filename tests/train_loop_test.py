@@ -73,3 +73,10 @@ def test_synthetic_faces_are_deterministic_and_valid():
   assert (lm[:, 2, 1] > lm[:, :2, 1].max(axis=1)).all()
   assert (lm[:, 3:, 1].min(axis=1) > lm[:, 2, 1]).all()
   train.check_batch(a, tiny.get_config(), num_devices=4)
+
+
+def test_skipped_records_are_named_in_the_workdir(tmp_path):
+  train.write_skipped(str(tmp_path), {"b/2.jpg": "b/2.jpg: file not found",
+                                      "a/1.jpg": "a/1.jpg: unreadable image (OSError)"})
+  assert (tmp_path / "skipped_records.txt").read_text().splitlines() == [
+    "a/1.jpg\ta/1.jpg: unreadable image (OSError)", "b/2.jpg\tb/2.jpg: file not found"]
