@@ -578,12 +578,27 @@ class TrainSteps:
 # -------------------------------------------------------------------- loop
 
 
+GRID_COLUMNS = ("original", "anonymized", "2nd password", "wrong recovery", "recovery")
+
+
 def sample_grid(images: dict[str, np.ndarray], original: np.ndarray) -> np.ndarray:
-  """Rows of [original, anonymized, second anonymization, wrong recovery,
-  recovery] as one uint8 image [n*H, 5*W, 3]."""
+  """A labelled uint8 grid [12 + n*H, 5*W, 3]: one row per image, columns
+  GRID_COLUMNS (original, anonymized, anonymized with a second password,
+  recovered with a wrong password, recovered), under a strip naming them."""
+  from PIL import ImageDraw  # noqa: PLC0415
+
   order = [original, images["anon"], images["anon2"], images["wrong"], images["recon"]]
   rows = np.concatenate([np.concatenate(list(col), axis=0) for col in order], axis=1)
-  return np.clip((rows + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+  grid = np.clip((rows + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+  width = original.shape[2]
+  strip = Image.new("RGB", (grid.shape[1], 12), (255, 255, 255))
+  draw = ImageDraw.Draw(strip)
+  for i, name in enumerate(GRID_COLUMNS):
+    # PIL's built-in bitmap font: ~6 px a character, so narrow columns
+    # get a shortened name rather than text over their neighbour.
+    label = name if len(name) * 6 <= width else name[: max(1, width // 6 - 1)] + "."
+    draw.text((i * width + 2, 1), label, fill=(0, 0, 0))
+  return np.concatenate([np.asarray(strip), grid], axis=0)
 
 
 _GROUPS = {"g": "generator group (G and the password head)",

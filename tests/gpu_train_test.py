@@ -88,7 +88,7 @@ def test_gpu_train_script_dry_run(tmp_path):
   summary = json.loads((out / "summary.json").read_text())
   assert summary["train_rc"] == "0" and summary["run"]["num_steps"] == 50
   grid = np.asarray(Image.open(out / "grid_last.png"))
-  assert grid.shape == (2 * 64, 5 * 64, 3)
+  assert grid.shape == (12 + 2 * 64, 5 * 64, 3)  # a label strip over the rows
 
   card = json.loads((out / "model.json").read_text())
   assert card["step"] == 1 and card["image_size"] == 64 and card["weights"] == "bfloat16"

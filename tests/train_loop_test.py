@@ -80,3 +80,19 @@ def test_skipped_records_are_named_in_the_workdir(tmp_path):
                                       "a/1.jpg": "a/1.jpg: unreadable image (OSError)"})
   assert (tmp_path / "skipped_records.txt").read_text().splitlines() == [
     "a/1.jpg\ta/1.jpg: unreadable image (OSError)", "b/2.jpg\tb/2.jpg: file not found"]
+
+
+def test_sample_grid_labels_its_columns():
+  rng = np.random.default_rng(0)
+  images = {k: rng.uniform(-1, 1, (3, 64, 64, 3)).astype(np.float32)
+            for k in ("anon", "anon2", "wrong", "recon")}
+  original = rng.uniform(-1, 1, (3, 64, 64, 3)).astype(np.float32)
+  grid = train.sample_grid(images, original)
+  assert grid.shape == (12 + 3 * 64, 5 * 64, 3) and grid.dtype == np.uint8
+  # Rows below the strip are the images, column by column.
+  np.testing.assert_array_equal(grid[12:12 + 64, 64:128],
+                                np.clip((images["anon"][0] + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8))
+  # Each column's label is drawn in its own 64 px of the white strip.
+  strip = grid[:12].min(axis=(0, 2))
+  for column in range(5):
+    assert strip[column * 64:(column + 1) * 64].min() < 128, train.GRID_COLUMNS[column]
