@@ -31,6 +31,10 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import jax  # noqa: PLC0415  (after absl parsed the flags)
 
+  from fit_jax import quiet_logs  # noqa: PLC0415
+
+  quiet_logs.quiet_orbax()
+
   if _DISTRIBUTED.value:
     from fit_jax import multihost  # noqa: PLC0415
 

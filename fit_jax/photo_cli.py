@@ -152,6 +152,9 @@ def model_settings(checkpoint: str, model) -> tuple[int, float]:
 
 
 def run(direction: str, inputs: list[str]) -> int:
+  from fit_jax import quiet_logs  # noqa: PLC0415
+
+  quiet_logs.quiet_orbax()
   if not inputs:
     raise app.UsageError("give at least one input file or folder")
   if not _CHECKPOINT.value or not _OUT.value:

@@ -68,6 +68,7 @@ def test_crop_mode_with_bad_inputs(checkpoint, tmp_path):
   done = _cli("anonymize", f"--checkpoint={checkpoint}", "--password_env=FIT_PW",
               f"--out={out}", str(inputs), str(tmp_path / "missing.jpg"), env={"FIT_PW": PASSWORD})
   assert done.returncode == 1, done.stderr[-2000:]
+  assert "orbax" not in done.stderr  # its routine lines stay out
   lines = done.stdout.splitlines()
   for name, reason in [("notes.txt.jpg", "not a readable image"), ("cut.jpg", "not a readable image"),
                        ("tiny.png", "too small"), ("huge.png", "too large"),
