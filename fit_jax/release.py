@@ -50,6 +50,9 @@ def card_of(config: dict, step: int, mode: str) -> dict:
     "step": step,
     "image_size": data["image_size"],
     "password_bits": model["password_bits"],
+    # Anyone holding the model can try every password of a small space.
+    "password_space": f"2^{model['password_bits']} = {2 ** model['password_bits']:,} passwords; "
+                      "every passphrase maps to one of them",
     "password_scale": model["password_scale"],
     "norm": model["norm"],
     "generator": {k: model["generator"][k] for k in ("ngf", "num_downsampling", "num_blocks")},
