@@ -9,7 +9,8 @@ VAR, --password_file FILE; forms as fit_jax.passwords.parse. Modes: `crop`
 (aligned face crops, resized to --size (128), written at that size) and `wild` (every
 MTCNN face of a photo is cropped as the reference's LFW_CROP, transformed
 and pasted back with a feathered blend; the crop boxes, and nothing else,
-go to a `<output>.fit.json` sidecar so recovery uses the same boxes).
+go to a `<output>.fit.json` sidecar so recovery uses the same boxes; wild
+recovery refuses an image without it).
 
 Privacy: nothing writes the password, its bits or original pixels anywhere
 but the transformed output image itself; logs name files only. Every item
@@ -235,6 +236,11 @@ def run(direction: str, inputs: list[str]) -> int:
           with open(sidecar) as f:
             crops = [faces.Crop(**c) for c in json.load(f)["crops"]]
           small = 0
+        elif direction == "recover":
+          # Detecting faces on the anonymized photo finds some of them at
+          # best; the others would stay anonymized with nothing said.
+          raise ItemError(f"no {os.path.basename(sidecar)} beside it: the faces its "
+                          "anonymization changed are unknown (keep the sidecar with the image)")
         else:
           crops, small = detector(rgb)
         if not crops:

@@ -126,6 +126,14 @@ def test_wild_mode_pastes_faces_back_and_recovery_reuses_the_boxes(checkpoint, t
              f"--out={tmp_path / 'rec'}", "--mode=wild", str(out / "photo.png"))
   assert rec.returncode == 0, rec.stdout + rec.stderr[-1000:]
   assert (tmp_path / "rec" / "photo.png.fit.json").read_text() == sidecar
+  # Without its sidecar a wild photo is refused: detection on the anonymized
+  # image could miss faces, which would stay anonymized unannounced.
+  (tmp_path / "bare").mkdir()
+  shutil.copy(out / "photo.png", tmp_path / "bare" / "photo.png")
+  bare = _cli("recover", f"--checkpoint={checkpoint}", f"--password={PASSWORD}",
+              f"--out={tmp_path / 'rec2'}", "--mode=wild", str(tmp_path / "bare" / "photo.png"))
+  assert bare.returncode == 1 and "no photo.png.fit.json beside it" in bare.stdout
+  assert "0 written" in bare.stdout and not (tmp_path / "rec2" / "photo.png").exists()
 
 
 def test_saved_model_export_reloads_with_parity(checkpoint, tmp_path):
