@@ -1,11 +1,15 @@
 """Export the generator as a TF SavedModel for deployment.
 
-  python -m fit_jax.export --checkpoint CKPT --out DIR [--tflite FILE] [--size 128]
+  python -m fit_jax.export --checkpoint CKPT --out DIR [--tflite FILE] [--size S]
 
-Signatures (any batch size b, N = the checkpoint's password length):
-  anonymize(images: float32 [b, 128, 128, 3] in [-1, 1],
-            password_bits: float32 [b, N] of 0/1) -> images
+Signatures (any batch size b, S = the model card's image size unless --size,
+N = the checkpoint's password length):
+  anonymize(images: float32 [b, S, S, 3] in [-1, 1],
+            password_bits: float32 [b, N] of 0/1, MSB first) -> images
   recover(images, password_bits) -> images   (applies the inverse itself)
+The password scale of the model card is built in. The SavedModel carries
+`assets.extra/model.json`: the card plus the signatures' contract (input
+range, size, bit order, how a passphrase becomes bits).
 
 BatchNorm running statistics are folded into the convolutions first
 (fit_jax.inference), so every image's output is independent of its batch.
@@ -25,23 +29,53 @@ from fit_jax import inference
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Training workdir, checkpoint or converted dir.")
 _OUT = flags.DEFINE_string("out", None, "SavedModel directory to create.")
 _TFLITE = flags.DEFINE_string("tflite", None, "Also write a TFLite model to this file.")
-_SIZE = flags.DEFINE_integer("size", 128, "Image side: the model's training data.image_size.")
+_SIZE = flags.DEFINE_integer(
+  "size", None, "Image side (default: the model card's image size, else 128).")
 
 
-def export_saved_model(checkpoint: str, out_dir: str, image_size: int = 128) -> None:
+def contract(card: dict | None, image_size: int, password_bits: int, scale: float) -> dict:
+  """What a deployer needs to feed the signatures, with the model card."""
+  from fit_jax import passwords  # noqa: PLC0415
+
+  return {
+    "signatures": {
+      "anonymize": "images float32 [b, S, S, 3] in [-1, 1] (uint8 / 127.5 - 1), "
+                   "password_bits float32 [b, N] of 0/1 -> images in [-1, 1]",
+      "recover": "the same inputs and the same bits as anonymize: the inverse is applied "
+                 "inside",
+    },
+    "image_size": image_size,
+    "password_bits": password_bits,
+    "bit_order": "MSB first",
+    "password_scale": scale,
+    "passphrase_to_bits": f"{passwords.PASSPHRASE_KDF_VERSION}: PBKDF2-HMAC-SHA256, "
+                          "the first N bits (fit_jax.passwords.parse)",
+    "model_card": card,
+  }
+
+
+def export_saved_model(checkpoint: str, out_dir: str, image_size: int | None = None) -> None:
   """Writes the SavedModel (atomically: a temporary folder renamed at the end)."""
+  from fit_jax import release  # noqa: PLC0415
+
   model, variables, deterministic = inference.load_generator(checkpoint)
   if not deterministic:
     raise ValueError(
       f"{checkpoint}: this generator has no running statistics (norm=batch_stats), "
       "so its output depends on the batch; export a norm=batch checkpoint"
     )
-  save_generator(model, variables, out_dir, image_size)
+  card = release.card_for(checkpoint)
+  image_size = image_size or (card["image_size"] if card else 128)
+  scale = float(card["password_scale"]) if card else 1.0
+  save_generator(model, variables, out_dir, image_size, scale,
+                 contract(card, image_size, model.password_bits, scale))
 
 
-def save_generator(model, variables, out_dir: str, image_size: int) -> None:
+def save_generator(model, variables, out_dir: str, image_size: int, scale: float = 1.0,
+                   card: dict | None = None) -> None:
   """A per-image deterministic generator (folded or running statistics) as a
-  SavedModel with signatures anonymize and recover (atomically)."""
+  SavedModel with signatures anonymize and recover (atomically), with
+  `card` as assets.extra/model.json."""
   import tensorflow as tf  # noqa: PLC0415
   from jax.experimental import jax2tf  # noqa: PLC0415
 
@@ -60,7 +94,7 @@ def save_generator(model, variables, out_dir: str, image_size: int) -> None:
 
   def transform(sign):
     def fn(images, bits):
-      return model.apply(variables, images, sign * (bits - 0.5), train=False)
+      return model.apply(variables, images, sign * scale * (bits - 0.5), train=False)
     return jax2tf.convert(
       fn, polymorphic_shapes=[f"(b, {image_size}, {image_size}, 3)", f"(b, {n})"],
       with_gradient=False,
@@ -79,6 +113,12 @@ def save_generator(model, variables, out_dir: str, image_size: int) -> None:
   tmp = out_dir + ".tmp"
   tf.saved_model.save(module, tmp, signatures={
     "anonymize": module.anonymize, "recover": module.recover})
+  if card is not None:
+    import json  # noqa: PLC0415
+
+    os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
+    with open(os.path.join(tmp, "assets.extra", "model.json"), "w") as f:
+      json.dump(card, f, indent=1)
   os.replace(tmp, out_dir)
 
 

@@ -3,8 +3,9 @@
 Two processes with 2 CPU devices each run `python -m fit_jax.main
 --distributed`, connected by jax.distributed through JAX_COORDINATOR_ADDRESS,
 JAX_NUM_PROCESSES and JAX_PROCESS_ID, exactly as the README's multi-GPU
-command. They are compared with one process of 4 devices, resumed on other
-device counts (elastic resume), and preempted with SIGTERM on one host.
+command. The 2-process run is preempted with SIGTERM on one host and
+restarted; it is compared with one process of 4 devices, and both are
+resumed on other device counts (elastic resume).
 
 Tolerances. Both layouts run the same program on the same global batches;
 only the order in which all-reduces sum (gloo across processes, XLA in one)
@@ -50,7 +51,8 @@ def _command(workdir, cache, steps=STEPS, distributed=False):
   return [sys.executable, "-m", "fit_jax.main", "--config=configs/tiny.py",
           f"--workdir={workdir}", f"--config.train.num_steps={steps}",
           f"--config.train.compilation_cache={cache}", "--config.train.log_every=1",
-          "--config.train.checkpoint_every=2", f"--config.train.eval_every={STEPS}",
+          "--config.train.checkpoint_every=2", "--config.train.keep_checkpoints=10",
+          f"--config.train.eval_every={STEPS}",
           *(["--distributed"] if distributed else [])]
 
 
@@ -121,31 +123,63 @@ def _assert_same_training(want, got, first_step=1):
     assert np.max(np.abs(a[name] - b[name])) <= 2 * LEARNING_RATE * updates * 1.01, name
 
 
+def _signal_after_first_step(started, workdir, process: int) -> None:
+  """SIGTERM to one process once a step is logged (the processes must live)."""
+  metrics_file = workdir / "metrics.jsonl"
+  deadline = time.time() + 500
+  while time.time() < deadline and all(p.poll() is None for p in started):
+    if metrics_file.exists() and metrics_file.read_text().strip():
+      break
+    time.sleep(0.05)
+  ended = [p for p in started if p.poll() is not None]
+  assert not ended, "a process ended before the preemption notice: " + "".join(
+    p.communicate()[1][-3000:] for p in ended)
+  os.kill(started[process].pid, signal.SIGTERM)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-  """One run as 2 processes x 2 devices, one as 1 process x 4 devices."""
+  """A run as 2 processes x 2 devices, preempted on one host and
+  restarted, and an uninterrupted one as 1 process x 4 devices."""
   root = tmp_path_factory.mktemp("multihost")
   cache = root / "xla_cache"
-  multi = _finish(_start(root / "multi", cache))
+  started = _start(root / "multi", cache)
+  _signal_after_first_step(started, root / "multi", process=1)  # one host's notice
+  preempted = _finish(started)
+  restarted = _finish(_start(root / "multi", cache))
   _finish(_start(root / "single", cache, processes=1, devices=4))
-  return root, cache, multi
+  return root, cache, preempted, restarted
 
 
 def test_two_processes_train_as_one_process_of_four_devices(runs):
-  root, _, outputs = runs
+  root, _, preempted, restarted = runs
   _assert_same_training(root / "single", root / "multi")
   # Each process reads its own half of every global batch of 8.
-  for index, (_, err) in enumerate(outputs):
+  for index, (_, err) in enumerate(restarted):
     assert f"process {index} of 2 reads rows [{4 * index}, {4 * index + 4})" in err
-  # Only process 0 writes logs: one TensorBoard file, one line per step in
-  # metrics.jsonl, one start in runs.jsonl; process 1 prints nothing.
+  # Only process 0 writes logs: one TensorBoard file per start, one line
+  # per step in metrics.jsonl, one record per start in runs.jsonl; process 1
+  # prints nothing.
   multi = root / "multi"
-  assert len(list(multi.glob("events.out.tfevents*"))) == 1
+  assert len(list(multi.glob("events.out.tfevents*"))) == 2
   assert sorted(_metrics(multi)) == list(range(1, STEPS + 1))
-  [run] = [json.loads(line) for line in (multi / "runs.jsonl").read_text().splitlines()]
-  assert run["num_processes"] == 2 and run["num_devices"] == 4
-  assert outputs[0][0].strip().splitlines()[-1].startswith(f"done at step {STEPS}")
-  assert "done" not in outputs[1][0]
+  starts = [json.loads(line) for line in (multi / "runs.jsonl").read_text().splitlines()]
+  assert [(r["num_processes"], r["num_devices"]) for r in starts] == [(2, 4), (2, 4)]
+  assert restarted[0][0].strip().splitlines()[-1].startswith(f"done at step {STEPS}")
+  assert "done" not in restarted[1][0] and "preempted" not in preempted[1][0]
+
+
+def test_sigterm_on_one_host_stops_every_process_at_one_step(runs):
+  """The notice reached process 1 only; JAX's preemption service (through
+  orbax) stopped both at one step, each saved it, and both exited 0."""
+  root, _, preempted, _ = runs
+  [line] = [x for x in preempted[0][0].splitlines() if x.startswith("preempted")]
+  step = int(line.split("checkpoint of step ")[1].split()[0])
+  assert 1 <= step < STEPS, line
+  for _, err in preempted:
+    assert f"stopped after step {step} with its checkpoint saved" in err
+  starts = [json.loads(line) for line in (root / "multi" / "runs.jsonl").read_text().splitlines()]
+  assert [r["start_step"] for r in starts] == [0, step]
 
 
 @pytest.mark.parametrize("source, processes, devices", [
@@ -153,46 +187,17 @@ def test_two_processes_train_as_one_process_of_four_devices(runs):
   ("single", 1, 2),  # written on 4 devices, resumed on 2
 ])
 def test_elastic_resume_continues_the_same_run(runs, tmp_path, source, processes, devices):
-  root, cache, _ = runs
+  root, cache = runs[:2]
   resumed = tmp_path / "resumed"
   (resumed / "checkpoints").mkdir(parents=True)
-  # The run as it stood at its step-2 checkpoint.
-  subprocess.run(["cp", "-r", str(root / source / "checkpoints" / "2"),
-                  str(resumed / "checkpoints" / "2")], check=True)
+  # The run as it stood at its step-4 checkpoint.
+  subprocess.run(["cp", "-r", str(root / source / "checkpoints" / "4"),
+                  str(resumed / "checkpoints" / "4")], check=True)
   lines = (root / source / "metrics.jsonl").read_text().splitlines()
-  (resumed / "metrics.jsonl").write_text("\n".join(lines[:2]) + "\n")
+  (resumed / "metrics.jsonl").write_text("\n".join(lines[:4]) + "\n")
   [(_, err)] = _finish(_start(resumed, cache, processes=processes, devices=devices))
-  assert "resuming from step 2" in err
+  assert "resuming from step 4" in err
   runs_file = [json.loads(line) for line in (resumed / "runs.jsonl").read_text().splitlines()]
-  assert [(r["start_step"], r["num_devices"]) for r in runs_file] == [(2, devices)]
+  assert [(r["start_step"], r["num_devices"]) for r in runs_file] == [(4, devices)]
   assert sorted(_metrics(resumed)) == list(range(1, STEPS + 1))
-  _assert_same_training(root / source, resumed, first_step=3)
-
-
-def test_sigterm_on_one_host_stops_every_process_at_one_step(runs, tmp_path):
-  root, cache, _ = runs
-  workdir = tmp_path / "preempted"
-  started = _start(workdir, cache)
-  metrics_file = workdir / "metrics.jsonl"
-  deadline = time.time() + 500
-  while time.time() < deadline and all(p.poll() is None for p in started):
-    if metrics_file.exists() and len(metrics_file.read_text().splitlines()) >= 1:
-      break
-    time.sleep(0.05)
-  os.kill(started[1].pid, signal.SIGTERM)  # the notice reaches one host only
-  outputs = _finish(started)
-  [line] = [x for x in outputs[0][0].splitlines() if x.startswith("preempted")]
-  step = int(line.split("checkpoint of step ")[1].split()[0])
-  assert step < STEPS, line
-  for _, err in outputs:
-    assert f"stopped after step {step} with its checkpoint saved" in err
-  assert str(step) in os.listdir(workdir / "checkpoints")
-  # The restart finishes the same run: the same program and collectives as
-  # the uninterrupted 2-process run, so every metric and weight is equal.
-  _finish(_start(workdir, cache))
-  want, got = _metrics(root / "multi"), _metrics(workdir)
-  assert sorted(got) == list(range(1, STEPS + 1))
-  assert want == got
-  a, b = _params(root / "multi"), _params(workdir)
-  for name in a:
-    np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+  _assert_same_training(root / source, resumed, first_step=5)

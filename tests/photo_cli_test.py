@@ -145,9 +145,14 @@ def test_saved_model_export_reloads_with_parity(checkpoint, tmp_path):
   lite = tf.lite.Interpreter(model_path=str(tmp_path / "fit.tflite"))
   model, variables, deterministic = inference.load_generator(str(checkpoint))
   t = inference.Transformer(model, variables, deterministic)
+  # The export is at the card's size (64 px here), and says what it takes.
+  card = __import__("json").loads((tmp_path / "sm" / "assets.extra" / "model.json").read_text())
+  assert card["image_size"] == 64 and card["bit_order"] == "MSB first"
+  assert card["model_card"]["password_space"].startswith("2^16 = 65,536")
+  assert "[-1, 1]" in card["signatures"]["anonymize"]
   rng = np.random.default_rng(1)
   for b in (1, 3):
-    images = rng.uniform(-1, 1, (b, 128, 128, 3)).astype(np.float32)
+    images = rng.uniform(-1, 1, (b, 64, 64, 3)).astype(np.float32)
     bits = rng.integers(0, 2, (b, 16)).astype(np.float32)
     np.testing.assert_allclose(loaded.anonymize(images, bits).numpy(), t.anonymize(images, bits), atol=1e-5)
     np.testing.assert_allclose(loaded.recover(images, bits).numpy(), t.recover(images, bits), atol=1e-5)
@@ -186,8 +191,8 @@ def test_no_password_or_original_pixels_are_written(checkpoint, tmp_path):
     for row in rows:
       assert row not in blob
   # The anonymized output's decoded pixels are not the original's either.
-  assert np.abs(np.asarray(Image.open(out / "face.png"), np.int16)[:128, :128]
-                - np.asarray(Image.fromarray(original).resize((128, 128)), np.int16)).mean() > 2
+  assert np.abs(np.asarray(Image.open(out / "face.png"), np.int16)
+                - np.asarray(Image.fromarray(original).resize((64, 64)), np.int16)).mean() > 2
 
 
 def test_recovery_through_files_is_the_models_recovery(checkpoint, tmp_path):
