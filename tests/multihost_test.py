@@ -29,6 +29,8 @@ import time
 import numpy as np
 import pytest
 
+from .resume_test import metrics_by_step
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 6
 LEARNING_RATE = 1e-4  # configs/default.py, both groups
@@ -86,16 +88,6 @@ def _finish(started, timeout=600):
   return outputs
 
 
-def _metrics(workdir) -> dict[int, dict]:
-  by_step = {}
-  for line in (workdir / "metrics.jsonl").read_text().splitlines():
-    record = json.loads(line)
-    step = record.pop("step")
-    assert step not in by_step, f"step {step} logged twice"
-    by_step[step] = record
-  return by_step
-
-
 def _params(workdir, step=STEPS) -> dict[str, np.ndarray]:
   from fit_jax import compact_weights, pretrained  # noqa: PLC0415
 
@@ -104,7 +96,7 @@ def _params(workdir, step=STEPS) -> dict[str, np.ndarray]:
 
 
 def _assert_same_training(want, got, first_step=1):
-  metrics_a, metrics_b = _metrics(want), _metrics(got)
+  metrics_a, metrics_b = metrics_by_step(want), metrics_by_step(got)
   steps = [s for s in metrics_a if s >= first_step]
   assert steps and all(s in metrics_b for s in steps)
   first = metrics_a[steps[0]]
@@ -162,7 +154,7 @@ def test_two_processes_train_as_one_process_of_four_devices(runs):
   # prints nothing.
   multi = root / "multi"
   assert len(list(multi.glob("events.out.tfevents*"))) == 2
-  assert sorted(_metrics(multi)) == list(range(1, STEPS + 1))
+  assert sorted(metrics_by_step(multi)) == list(range(1, STEPS + 1))
   starts = [json.loads(line) for line in (multi / "runs.jsonl").read_text().splitlines()]
   assert [(r["num_processes"], r["num_devices"]) for r in starts] == [(2, 4), (2, 4)]
   assert restarted[0][0].strip().splitlines()[-1].startswith(f"done at step {STEPS}")
@@ -199,5 +191,5 @@ def test_elastic_resume_continues_the_same_run(runs, tmp_path, source, processes
   assert "resuming from step 4" in err
   runs_file = [json.loads(line) for line in (resumed / "runs.jsonl").read_text().splitlines()]
   assert [(r["start_step"], r["num_devices"]) for r in runs_file] == [(4, devices)]
-  assert sorted(_metrics(resumed)) == list(range(1, STEPS + 1))
+  assert sorted(metrics_by_step(resumed)) == list(range(1, STEPS + 1))
   _assert_same_training(root / source, resumed, first_step=5)

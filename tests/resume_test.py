@@ -39,7 +39,7 @@ def _env():
   return env
 
 
-def _metrics(workdir):
+def metrics_by_step(workdir) -> dict[int, dict]:
   """Each step's record; a resumed run keeps one line per step."""
   by_step = {}
   for line in (workdir / "metrics.jsonl").read_text().splitlines():
@@ -96,7 +96,7 @@ def _restart_and_compare(workdir, straight):
                         text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-2000:]
   assert "resuming from step" in done.stderr
-  want, got = _metrics(straight), _metrics(workdir)
+  want, got = metrics_by_step(straight), metrics_by_step(workdir)
   assert sorted(want) == sorted(got) == list(range(1, STEPS + 1))
   assert want == got  # exact float equality, every metric of every step
   for a, b in zip(_final_params(straight), _final_params(workdir)):
