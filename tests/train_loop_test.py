@@ -20,7 +20,7 @@ def test_train_writes_outputs_and_resumes(tmp_path):
   assert int(state.step) == 2
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
   grid = np.asarray(Image.open(tmp_path / "samples" / "step_0000002.png"))
-  assert grid.shape == (2 * 64, 5 * 64, 3) and grid.std() > 0
+  assert grid.shape == (12 + 2 * 64, 5 * 64, 3) and grid.std() > 0  # labels over the rows
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path))
   config.train.num_steps = 3
   resumed = train.train_and_evaluate(config, str(tmp_path))
