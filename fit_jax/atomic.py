@@ -20,6 +20,17 @@ def write_atomically(path: str, save: Callable[[str], None]) -> None:
       os.remove(tmp)
 
 
+def write_npz(path: str, arrays: dict) -> None:
+  """numpy's .npz of `arrays` (no pickles), written atomically."""
+  import numpy as np  # noqa: PLC0415
+
+  def save(tmp):
+    with open(tmp, "wb") as f:
+      np.savez(f, **arrays)
+
+  write_atomically(path, save)
+
+
 def write_text(path: str, text: str) -> None:
   def save(tmp):
     with open(tmp, "w") as f:

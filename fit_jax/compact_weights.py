@@ -130,13 +130,8 @@ def save(path: str, tree: dict, mode: str, max_part_bytes: int | None = None) ->
   names = [path] if len(parts) == 1 else [
     f"{stem}-{i + 1:05d}-of-{len(parts):05d}.npz" for i in range(len(parts))]
   for name, arrays in zip(names, parts):
-    atomic.write_atomically(name, lambda p, a=arrays: _savez(p, a))
+    atomic.write_npz(name, arrays)
   return names
-
-
-def _savez(path: str, arrays: dict[str, np.ndarray]) -> None:
-  with open(path, "wb") as f:
-    np.savez(f, **arrays)
 
 
 def files(path: str) -> list[str]:

@@ -189,7 +189,7 @@ def evaluate(
     model, variables, deterministic = inference.load_generator(checkpoint)
     card = release.card_for(checkpoint)
     transformer = inference.Transformer(
-      model, variables, deterministic, scale=card["password_scale"] if card else 1.0)
+      model, variables, deterministic, scale=release.password_scale(card))
     passwords = draw_passwords(len(x), model.password_bits, seed)
     generated = transform_all(transformer, x, passwords, batch_size)
     variants.update({f"{METHOD}:{k}": v for k, v in generated.items()})
@@ -399,7 +399,7 @@ def main():
       from fit_jax import release  # noqa: PLC0415
 
       card = release.card_for(f.checkpoint.value) if f.checkpoint.value else None
-      image_size = card["image_size"] if card else 128
+      image_size = release.image_size(card)
     try:
       report, extras = evaluate(
         checkpoint=f.checkpoint.value, data=os.path.expanduser(f.data.value),

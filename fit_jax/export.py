@@ -65,8 +65,8 @@ def export_saved_model(checkpoint: str, out_dir: str, image_size: int | None = N
       "so its output depends on the batch; export a norm=batch checkpoint"
     )
   card = release.card_for(checkpoint)
-  image_size = image_size or (card["image_size"] if card else 128)
-  scale = float(card["password_scale"]) if card else 1.0
+  image_size = image_size or release.image_size(card)
+  scale = release.password_scale(card)
   save_generator(model, variables, out_dir, image_size, scale,
                  contract(card, image_size, model.password_bits, scale))
 

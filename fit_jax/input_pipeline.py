@@ -268,10 +268,8 @@ def load_image(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
 
 
 def _read_records(roots, files, with_labels, on_bad_record):
-  """Records of several (root, landmark file) pairs, labelled jointly."""
-  if len(files) == 1:
-    records, problems = parse_landmark_file(files[0], with_labels, on_bad_record)
-    return [dataclasses.replace(r, root=roots[0]) for r in records], problems
+  """Records of (root, landmark file) pairs, labelled jointly (one file
+  gives parse_landmark_file's own labels)."""
   records, problems = [], []
   for folder, path in zip(roots, files):
     found, bad = parse_landmark_file(path, with_labels, on_bad_record)

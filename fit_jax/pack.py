@@ -35,11 +35,6 @@ from ml_collections import config_flags
 from fit_jax import atomic, compact_weights, input_pipeline, packed_faces
 
 
-def _write_npz(path: str, arrays: dict) -> None:
-  with open(path, "wb") as f:
-    np.savez(f, **arrays)
-
-
 def _read(source, record):
   """(uint8 image, landmarks in the source's frame) or the reason it failed."""
   try:
@@ -144,7 +139,7 @@ def pack(config, out: str, *, quality: int = 90, facenet_mode: str = "int8",
     eval_jpeg=eval_data, eval_offsets=eval_offsets,
     eval_label=np.zeros(len(eval_jpegs), np.int32), eval_landmarks=eval_landmarks,
   )
-  atomic.write_atomically(faces_path, lambda p: _write_npz(p, arrays))
+  atomic.write_npz(faces_path, arrays)
   report = {
     "faces": len(jpegs), "identities": int(len(np.unique(labels))),
     "max_label": int(labels.max()) if len(labels) else -1,

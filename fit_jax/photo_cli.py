@@ -138,18 +138,18 @@ def model_settings(checkpoint: str, model) -> tuple[int, float]:
 
   card = release.card_for(checkpoint)
   trained = card["image_size"] if card else None
-  size = _SIZE.value if _SIZE.value is not None else (trained or 128)
+  size = _SIZE.value if _SIZE.value is not None else release.image_size(card)
   multiple = 2**model.num_downsampling
   if size < 16 or size % multiple:
     raise app.UsageError(f"--size {size}: give a side of at least 16 pixels that is a "
                          f"multiple of {multiple} (this generator's downsampling)")
   if trained is None and _SIZE.value is None:
-    print(f"{checkpoint} carries no model card: assuming 128 px faces (give --size)",
+    print(f"{checkpoint} carries no model card: assuming {size} px faces (give --size)",
           file=sys.stderr)
   elif trained is not None and size != trained:
     print(f"this model was trained on {trained} px faces; running it at {size} px (--size)",
           file=sys.stderr)
-  return size, float(card["password_scale"]) if card else 1.0
+  return size, release.password_scale(card)
 
 
 def run(direction: str, inputs: list[str]) -> int:

@@ -87,6 +87,20 @@ def release(checkpoint: str, out: str, *, mode: str = "int8", max_part_bytes: in
   return written + [card]
 
 
+# What a checkpoint without a card (a converted reference one) is taken to be:
+# the paper's setting.
+UNCARDED_IMAGE_SIZE = 128
+UNCARDED_PASSWORD_SCALE = 1.0
+
+
+def image_size(card: dict | None) -> int:
+  return card["image_size"] if card else UNCARDED_IMAGE_SIZE
+
+
+def password_scale(card: dict | None) -> float:
+  return float(card["password_scale"]) if card else UNCARDED_PASSWORD_SCALE
+
+
 def card_for(checkpoint: str) -> dict | None:
   """The model card of a release, or of a training workdir (from its
   runs.jsonl), or None (a converted checkpoint carries no card)."""
