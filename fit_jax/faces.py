@@ -13,6 +13,8 @@ import dataclasses
 import numpy as np
 from PIL import Image
 
+from fit_jax import pixels
+
 MIN_FACE_PIXELS = 24  # smaller MTCNN boxes are reported, not transformed
 FEATHER = 0.12
 
@@ -65,7 +67,7 @@ def extract(image: np.ndarray, crop: Crop, size: int = 128) -> np.ndarray:
   """The crop resized (bicubic) to [size, size, 3] float32 in [-1, 1]."""
   region = image[crop.top:crop.top + crop.size, crop.left:crop.left + crop.size]
   pil = Image.fromarray(region).resize((size, size), Image.BICUBIC)
-  return np.asarray(pil, np.float32) / 127.5 - 1.0
+  return pixels.to_unit(np.asarray(pil))
 
 
 def feather_mask(size: int) -> np.ndarray:
@@ -81,7 +83,7 @@ def feather_mask(size: int) -> np.ndarray:
 def paste(image: np.ndarray, crop: Crop, face: np.ndarray) -> np.ndarray:
   """Blends a transformed [-1, 1] face back into a uint8 image (a copy)."""
   out = image.astype(np.float32)
-  face_u8 = np.clip((face + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+  face_u8 = pixels.to_uint8(face)
   resized = np.asarray(
     Image.fromarray(face_u8).resize((crop.size, crop.size), Image.BICUBIC), np.float32)
   mask = feather_mask(crop.size)

@@ -185,7 +185,8 @@ class Transformer:
     if not self.deterministic and images.shape[0] < 2:
       raise ValueError(
         "this checkpoint normalises with batch statistics (norm=batch_stats), which erase "
-        "the password of a single image; use a norm=batch checkpoint (README, Determinism)"
+        "the password of a single image; calibrate it (python -m fit_jax.calibrate) or use a "
+        "norm=batch checkpoint"
       )
     z = sign * self.scale * (bits.astype(np.float32) - 0.5)
     return np.asarray(self._apply(self.variables, images, z))

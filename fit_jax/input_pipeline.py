@@ -25,10 +25,10 @@ import os
 import numpy as np
 from PIL import Image
 
+from fit_jax import pixels
+from fit_jax.photos import MAX_PIXELS, to_rgb
+
 FRAME = 250
-# Larger images are refused before decoding (a 144 MP photo decodes to
-# 2.3 GB for a 128 px face): training and the photo CLI share the cap.
-MAX_PIXELS = 40_000_000
 
 
 def _identity(identity: int, seed: int):
@@ -97,7 +97,7 @@ def preprocess(image: np.ndarray, size: int) -> np.ndarray:
   pil = Image.fromarray(image)
   if pil.size != (size, size):
     pil = pil.resize((size, size), Image.BICUBIC)
-  return np.asarray(pil, np.float32) / 127.5 - 1.0
+  return pixels.to_unit(np.asarray(pil))
 
 
 class SyntheticFaces:
@@ -228,14 +228,6 @@ def casia_split(records: list[Record], split: str) -> list[Record]:
     "val": lambda y: y >= test_end,
   }[split]
   return [r for r in records if keep(r.label)]
-
-
-def to_rgb(im: Image.Image) -> Image.Image:
-  """Any PIL image as 8-bit RGB; 16-bit/32-bit integer images are scaled
-  down (PIL's own convert would clip them) rather than saturated."""
-  if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-    im = Image.fromarray((np.asarray(im, np.float64) / 257.0).clip(0, 255).astype(np.uint8))
-  return im.convert("RGB")
 
 
 def load_image(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:

@@ -32,7 +32,13 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from fit_jax import atomic, compact_weights, input_pipeline, packed_faces
+from fit_jax import (
+  atomic,
+  compact_weights,
+  input_pipeline,
+  packed_faces,
+  pixels,
+)
 
 
 def _read(source, record):
@@ -42,7 +48,7 @@ def _read(source, record):
   except input_pipeline.BadRecordError as e:
     return str(e)
   scale = np.array([source.landmark_frame / width, source.landmark_frame / height], np.float32)
-  return packed_faces.to_uint8(image), record.landmarks * scale
+  return pixels.to_uint8(image), record.landmarks * scale
 
 
 def _pack_records(source, records, quality: int, threads: int = 4):

@@ -23,6 +23,8 @@ import io
 import numpy as np
 from PIL import Image
 
+from fit_jax import pixels
+
 FORMAT = 1
 
 
@@ -31,11 +33,6 @@ def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
   buffer = io.BytesIO()
   Image.fromarray(image).save(buffer, "JPEG", quality=quality, subsampling=0)
   return buffer.getvalue()
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-  """A preprocessed [-1, 1] image back to the uint8 it was made from."""
-  return np.clip(np.round((image + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def join_jpegs(jpegs: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
@@ -137,7 +134,7 @@ class PackedFaces:
   @staticmethod
   def _rows(images, labels, landmarks, pick):
     return {
-      "image": images[pick].astype(np.float32) / 127.5 - 1.0,
+      "image": pixels.to_unit(images[pick]),
       "label": labels[pick],
       "landmarks": landmarks[pick],
     }

@@ -28,11 +28,10 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from fit_jax import atomic, faces, inference, input_pipeline, passwords
+from fit_jax import atomic, faces, inference, passwords, photos, pixels
+from fit_jax.photos import ItemError, collect_inputs, read_rgb
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 SIDECAR = ".fit.json"
-MAX_PIXELS = input_pipeline.MAX_PIXELS
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Training workdir, checkpoint or converted dir.")
 _PASSWORD = flags.DEFINE_string(
@@ -50,10 +49,6 @@ _SIZE = flags.DEFINE_integer(
   "(its training data.image_size; 128 without a card, as the paper)."
 )
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace existing outputs (never inputs).")
-
-
-class ItemError(Exception):
-  """A problem with one input, reported on one line."""
 
 
 def read_password(num_bits: int) -> np.ndarray:
@@ -82,39 +77,6 @@ def read_password(num_bits: int) -> np.ndarray:
     raise app.UsageError(f"password: {e}") from None
 
 
-def collect_inputs(inputs: list[str]) -> list[tuple[str, str]]:
-  """(input path, output relative path) for files and folders."""
-  items = []
-  for given in inputs:
-    if os.path.isdir(given):
-      for folder, _, names in os.walk(given):
-        for name in sorted(names):
-          if name.lower().endswith(IMAGE_SUFFIXES):
-            full = os.path.join(folder, name)
-            items.append((full, os.path.relpath(full, given)))
-    else:
-      items.append((given, os.path.basename(given)))
-  return sorted(items)
-
-
-def read_rgb(path: str) -> np.ndarray:
-  if not os.path.exists(path):
-    raise ItemError("no such file")
-  try:
-    with Image.open(path) as im:
-      if im.width * im.height > MAX_PIXELS:
-        raise ItemError(f"image of {im.width}x{im.height} pixels is too large")
-      im.load()
-      rgb = np.asarray(input_pipeline.to_rgb(im))
-  except ItemError:
-    raise
-  except Exception as e:
-    raise ItemError(f"not a readable image ({type(e).__name__})") from None
-  if min(rgb.shape[:2]) < 16:
-    raise ItemError(f"image of {rgb.shape[1]}x{rgb.shape[0]} pixels is too small")
-  return rgb
-
-
 def output_path(out_dir: str, relpath: str) -> str:
   base, ext = os.path.splitext(relpath)
   if _FORMAT.value == "png" or ext.lower() not in (".jpg", ".jpeg", ".png"):
@@ -126,10 +88,6 @@ def save_image(path: str, image: np.ndarray) -> None:
   fmt = "JPEG" if path.lower().endswith((".jpg", ".jpeg")) else "PNG"
   options = {"quality": 95, "subsampling": 0} if fmt == "JPEG" else {}
   atomic.write_atomically(path, lambda p: Image.fromarray(image).save(p, fmt, **options))
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-  return np.clip((image + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
 
 
 def model_settings(checkpoint: str, model) -> tuple[int, float]:
@@ -169,7 +127,8 @@ def run(direction: str, inputs: list[str]) -> int:
     # outputs that do not depend on the batch.
     raise app.UsageError(
       f"--checkpoint: {_CHECKPOINT.value} has no running statistics (norm=batch_stats), so an "
-      "image's output would depend on the other images of its batch; use a norm=batch checkpoint"
+      "image's output would depend on the other images of its batch; estimate them with "
+      "python -m fit_jax.calibrate, or use a norm=batch checkpoint"
     )
   size, scale = model_settings(_CHECKPOINT.value, model)
   bits = read_password(model.password_bits)
@@ -178,7 +137,7 @@ def run(direction: str, inputs: list[str]) -> int:
   out_dir = os.path.abspath(_OUT.value)
   items = collect_inputs(inputs)
   if not items:
-    raise app.UsageError(f"no images in {', '.join(inputs)} (looked for {', '.join(IMAGE_SUFFIXES)})")
+    raise app.UsageError(f"no images in {', '.join(inputs)} (looked for {', '.join(photos.IMAGE_SUFFIXES)})")
   input_paths = {os.path.realpath(p) for p, _ in items}
   planned: dict[str, str] = {}
   failures: list[tuple[str, str]] = []
@@ -216,13 +175,13 @@ def run(direction: str, inputs: list[str]) -> int:
           failures.append((path, str(e)))
           continue
         pil = Image.fromarray(rgb).resize((size, size), Image.BICUBIC)
-        images.append(np.asarray(pil, np.float32) / 127.5 - 1.0)
+        images.append(pixels.to_unit(np.asarray(pil)))
         chunk.append((path, target))
       if images:
         outputs = transform(np.stack(images), bits)
         for (path, target), image in zip(chunk, outputs):
           try:
-            save_image(target, to_uint8(image))
+            save_image(target, pixels.to_uint8(image))
           except OSError as e:
             failures.append((path, f"cannot write {target}: {e.strerror}"))
       done += len(jobs[start:start + _BATCH.value])

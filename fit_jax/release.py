@@ -75,7 +75,7 @@ def release(checkpoint: str, out: str, *, mode: str = "int8", max_part_bytes: in
   stats = tree["gen"]["batch_stats"].get("generator")
   if not stats:
     raise ValueError(f"{where}: the generator has no running statistics (norm=batch_stats); "
-                     "a release runs on single photos and needs norm=batch")
+                     "a release runs on single photos: calibrate it (python -m fit_jax.calibrate)")
   if config is None:
     workdir = os.path.abspath(os.path.expanduser(checkpoint))
     config = recorded_config(workdir)
@@ -114,6 +114,16 @@ def card_for(checkpoint: str) -> dict | None:
       step = int(step_dir) if step_dir.isdigit() else -1
       return card_of(recorded_config(candidate), step, "float32")
   return None
+
+
+# Where a trained model installed with the package lives (a release
+# directory); the notebooks use it when it is there.
+SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "generator")
+
+
+def shipped_model() -> str | None:
+  """The trained release installed with this package, or None where it ships none."""
+  return SHIPPED if is_release(SHIPPED) else None
 
 
 def is_release(path: str) -> bool:

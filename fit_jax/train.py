@@ -32,6 +32,7 @@ from fit_jax import (
   atomic,
   losses,
   passwords,
+  pixels,
   preemption,
   pretrained,
 )
@@ -589,7 +590,7 @@ def sample_grid(images: dict[str, np.ndarray], original: np.ndarray) -> np.ndarr
 
   order = [original, images["anon"], images["anon2"], images["wrong"], images["recon"]]
   rows = np.concatenate([np.concatenate(list(col), axis=0) for col in order], axis=1)
-  grid = np.clip((rows + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+  grid = pixels.to_uint8(rows)
   width = original.shape[2]
   strip = Image.new("RGB", (grid.shape[1], 12), (255, 255, 255))
   draw = ImageDraw.Draw(strip)

@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 from PIL import Image
 
 from configs import tiny
-from fit_jax import inference, passwords, train
+from fit_jax import inference, passwords, pixels, train
 
 from .conftest import SHARED
 
@@ -150,16 +151,39 @@ def test_saved_model_export_reloads_with_parity(checkpoint, tmp_path):
   assert card["image_size"] == 64 and card["bit_order"] == "MSB first"
   assert card["model_card"]["password_space"].startswith("2^16 = 65,536")
   assert "[-1, 1]" in card["signatures"]["anonymize"]
+  assert "uint8" in card["tflite_signatures"]["anonymize"]
   rng = np.random.default_rng(1)
   for b in (1, 3):
     images = rng.uniform(-1, 1, (b, 64, 64, 3)).astype(np.float32)
     bits = rng.integers(0, 2, (b, 16)).astype(np.float32)
     np.testing.assert_allclose(loaded.anonymize(images, bits).numpy(), t.anonymize(images, bits), atol=1e-5)
     np.testing.assert_allclose(loaded.recover(images, bits).numpy(), t.recover(images, bits), atol=1e-5)
+    # TFLite works on 8-bit pixels: the same model, rounded once at each end.
+    u8 = pixels.to_uint8(images)
     for name, reference in (("anonymize", t.anonymize), ("recover", t.recover)):
       runner = lite.get_signature_runner(name)  # resizes its inputs to this batch
-      out = runner(images=images, password_bits=bits)["output_0"]
-      np.testing.assert_allclose(out, reference(images, bits), atol=1e-5)
+      out = runner(images=u8, password_bits=bits.astype(bool))["output_0"]
+      expected = pixels.to_uint8(reference(pixels.to_unit(u8), bits))
+      assert out.dtype == np.uint8
+      assert np.abs(out.astype(int) - expected).max() <= 1, name
+  # Inputs a deployer could plausibly pass by mistake fail with the reason,
+  # instead of running into saturated output (or an MLIR dump for a size).
+  images, bits = images[:1], bits[:1]
+  mistakes = {
+    "images must be in [-1, 1]": (pixels.to_uint8(images), bits),
+    "images must be float32 [b, 64, 64, 3]": (images[:, :32, :32], bits),
+    "password_bits must be 0 or 1": (images, bits - 0.5),
+    "password_bits must be float32 [b, 16]": (images, bits[:, :8]),
+    "differ in batch size": (np.concatenate([images, images]), bits),
+  }
+  for reason, (x, z) in mistakes.items():
+    with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(reason)):
+      loaded.signatures["recover"](images=tf.constant(x, tf.float32), password_bits=tf.constant(z))
+  runner = lite.get_signature_runner("anonymize")
+  with pytest.raises(ValueError, match="expected type UINT8"):
+    runner(images=images, password_bits=bits.astype(bool))
+  with pytest.raises(ValueError, match="expected type BOOL"):
+    runner(images=pixels.to_uint8(images), password_bits=bits)
 
 
 def test_no_password_or_original_pixels_are_written(checkpoint, tmp_path):

@@ -388,6 +388,11 @@ class Norm(nn.Module):
         x, scale, bias, groups, self.epsilon, self.dtype, relu, 0, 1)
       y = reflect_pad(y, pad, upsample, ops=pad_ops)
 
+    if self.mode != "instance" and self.is_mutable_collection("norm_moments"):
+      # Each norm group's mean and (biased) variance, for estimating running
+      # statistics after training (fit_jax.calibrate).
+      self.sow("norm_moments", "mean", mean.reshape(-1, features))
+      self.sow("norm_moments", "var", var.reshape(-1, features))
     if self.mode == "batch" and train and not self.is_initializing():
       # torch updates running_var with the unbiased variance.
       n = groups[1] * x.shape[1] * x.shape[2]
