@@ -93,7 +93,7 @@ bench() {  # name, then benchmark flags
   fi
   local log=/tmp/fit_jax_$name.stderr profile=()
   if [[ $name == "$PROFILE_RUN" ]]; then profile=(--profile_dir "$PROFILES/$name"); fi
-  timeout --kill-after=10 "$left" python3 -m fit_jax.benchmark --config "$CONFIG" \
+  timeout --kill-after=10 "$left" python3 -m benchmarks.benchmark --config "$CONFIG" \
     --train_batch "$TRAIN_BATCH" --infer_batch "$INFER_BATCH" --iters "$ITERS" "$@" \
     ${profile[@]+"${profile[@]}"} 2> "$log" \
     | grep '^{' | sed "s/^{/{\"run\": \"$name$RUN_SUFFIX\", /" | tee -a "$OUT/results.jsonl"
@@ -210,12 +210,12 @@ bench bf16_matmul_infer --modes infer --dtypes bfloat16 --infer_variants folded 
 bench bf16_transposed_infer --modes infer --dtypes bfloat16 --infer_variants folded \
   --config.model.generator.upsample=transposed
 echo "done: $(grep -c . "$OUT/results.jsonl") lines in $OUT/results.jsonl" >&2
-# What the lines decide (fit_jax.layout_verdict: generator_layout's rule and
+# What the lines decide (benchmarks.layout_verdict: generator_layout's rule and
 # issue 7's targets), into the call's output and $OUT/verdict.json. A call
 # cut off before this line anyway (a call's timeout_s under BUDGET_S + 20):
 # run it on results.jsonl afterwards. A CPU dry
 # run compares with the CPU's entry (VERDICT_PLATFORM=cpu).
-if python3 -m fit_jax.layout_verdict "$OUT/results.jsonl" "${VERDICT_PLATFORM:-gpu}" \
+if python3 -m benchmarks.layout_verdict "$OUT/results.jsonl" "${VERDICT_PLATFORM:-gpu}" \
     > "$OUT/verdict.json"; then
   python3 -c 'import json, sys; v = json.load(open(sys.argv[1])); v.pop("runs"); print(json.dumps(v))' \
     "$OUT/verdict.json" >&2

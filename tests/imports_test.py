@@ -14,8 +14,8 @@ _BLOCK_AND_IMPORT = """
 import sys
 for name in ("tensorflow", "tensorflow_datasets", "clu", "grain"):
   sys.modules[name] = None  # any import of them now raises ImportError
-import fit_jax.benchmark, fit_jax.inference, fit_jax.models, fit_jax.train
-import fit_jax.profile_summary, fit_jax.pretrained, fit_jax.train_state
+import benchmarks.benchmark, fit_jax.inference, fit_jax.models, fit_jax.train
+import benchmarks.profile_summary, fit_jax.pretrained, fit_jax.train_state
 from configs import default
 from fit_jax import models, train_state
 import jax

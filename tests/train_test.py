@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from fit_jax import benchmark, flop_count, train, train_state
+from fit_jax import batches, train, train_state
 from fit_jax import models as models_lib
 
 
@@ -52,7 +52,7 @@ def _changed(before, after):
 
 def test_each_step_changes_only_its_group(tiny_run):
   config, (models, mesh, state, steps) = tiny_run
-  batch = steps.put_batch(benchmark.random_batch(config, 8))
+  batch = steps.put_batch(batches.random_batch(config, 8))
   key = jax.random.PRNGKey(1)
   state = jax.tree.map(jnp.copy, state)  # the fixture's state stays usable
   gen0, disc0 = _host(state.gen.params), _host(state.disc.params)
@@ -80,7 +80,7 @@ def test_no_retracing_across_steps(tiny_run):
   state = jax.tree.map(jnp.copy, state)
   key = jax.random.PRNGKey(1)
   for i in range(3):
-    state, _ = steps(state, benchmark.random_batch(config, 8, seed=i), key)
+    state, _ = steps(state, batches.random_batch(config, 8, seed=i), key)
   assert steps.generator._cache_size() == 1
   assert steps.discriminator._cache_size() == 1
 
@@ -90,7 +90,7 @@ def test_both_steps_donate_the_state(tiny_run):
   # instead of holding two copies of the state.
   config, (models, mesh, state, steps) = tiny_run
   state = jax.tree.map(jnp.copy, state)
-  batch = steps.put_batch(benchmark.random_batch(config, 8))
+  batch = steps.put_batch(batches.random_batch(config, 8))
   key = jax.random.PRNGKey(1)
   before = jax.tree.leaves(state)
   state, generated, _ = steps.generator(state, batch, key)
@@ -107,10 +107,10 @@ def test_an_iteration_returns_before_the_device_finishes(tiny_run):
   config, (models, mesh, state, steps) = tiny_run
   state = jax.tree.map(jnp.copy, state)
   key = jax.random.PRNGKey(1)
-  state, metrics = steps(state, benchmark.random_batch(config, 8), key)
+  state, metrics = steps(state, batches.random_batch(config, 8), key)
   jax.block_until_ready(metrics)  # compiled and warm
   for i in range(2):
-    state, metrics = steps(state, benchmark.random_batch(config, 8, seed=i), key)
+    state, metrics = steps(state, batches.random_batch(config, 8, seed=i), key)
     assert not any(m.is_ready() for m in metrics.values())
     jax.block_until_ready(metrics)
 
@@ -124,7 +124,7 @@ def test_tiny_model_overfits_fixed_batch():
   # from the first steps, by ~25 % at step 40 under both summation orders.
   config.loss.lambda_fr = config.loss.lambda_fr_m = config.loss.lambda_fr_wr = 0.0
   models, mesh, state, steps = _setup(config, jax.devices()[:1])
-  batch = benchmark.random_batch(config, 8)
+  batch = batches.random_batch(config, 8)
   # Smooth images (upsampled 4x4 noise): learnable by a tiny net in seconds.
   coarse = np.random.default_rng(0).uniform(-0.9, 0.9, (8, 4, 4, 3))
   batch["image"] = np.asarray(
@@ -149,41 +149,9 @@ def test_eight_devices_match_one():
     key = jax.random.PRNGKey(3)
     # One iteration: later ones amplify float rounding through Adam's
     # normalisation of near-zero gradients, which is not a sharding effect.
-    state, metrics = steps(state, benchmark.random_batch(config, 8), key)
+    state, metrics = steps(state, batches.random_batch(config, 8), key)
     results.append((_host(metrics), _host(state.gen.params)))
   _assert_same_iteration(results, rtol=1e-4, metric_atol=1e-5)
-
-
-@pytest.mark.parametrize("fuse,norm_group_size,upsample",
-                         [(True, 4, "resize_conv"), (False, 0, "phase_2x2")])
-def test_no_device_computes_another_devices_images(fuse, norm_group_size, upsample):
-  """Data parallelism without replicated work: on 8 devices each device's
-  compiled program does 1/8 of the model's FLOPs, in both steps. (Before,
-  fused calls, the alignment gather and the pool images made every device
-  run the generator, SphereFace and D on the whole batch: 2.9x the work.)
-  Norm groups of 4 with 2 images per device straddle devices. Both
-  upsampling forms that backends use (phase_2x2's edge padding once had a
-  gradient that padded the batch axis: a collective-permute)."""
-  config = tiny.get_config()
-  config.train.fuse_calls = fuse
-  config.model.norm_group_size = norm_group_size
-  config.model.generator.upsample = upsample
-  _, mesh, state, steps = _setup(config, jax.devices())
-  batch = steps.put_batch(benchmark.random_batch(config, 16))
-  key = jax.random.PRNGKey(0)
-  generated = jax.eval_shape(steps.generator, state, batch, key)[1]
-  for step, args in ((steps.generator, (state, batch, key)),
-                     (steps.discriminator, (state, batch, generated, key))):
-    model = sum(flop_count.jaxpr_flops(step, *args).values())
-    hlo = step.lower(*args).compile().as_text()
-    assert flop_count.hlo_module_flops(hlo) * mesh.size == pytest.approx(model, rel=0.05)
-    if step is steps.generator:
-      # No images or activations travel either: only gradients and BN
-      # statistics are summed. (The D step gathers images into its
-      # replicated pools.)
-      opcodes = {i.opcode for i in flop_count.parse_hlo_module(hlo)[0]}
-      moves = {"all-gather", "all-to-all", "collective-permute", "reduce-scatter"}
-      assert "all-reduce" in opcodes and not opcodes & moves
 
 
 def test_pool_semantics():
@@ -254,7 +222,7 @@ def test_update_steps_have_no_device_loops_on_gpu():
   # predicate to the host each time; both steps lowered for CUDA have none.
   config = tiny.get_config()
   models, _, state, _ = _setup(config, jax.devices()[:1])
-  batch = {k: jnp.asarray(v) for k, v in benchmark.random_batch(config, 8).items()}
+  batch = {k: jnp.asarray(v) for k, v in batches.random_batch(config, 8).items()}
   key = jax.random.PRNGKey(0)
   g = jax.jit(functools.partial(train.generator_step, models=models, config=config))
   _, generated, _ = jax.eval_shape(g, state, batch, key)
@@ -278,7 +246,7 @@ def test_update_steps_have_no_device_loops_on_gpu():
 )
 def test_bad_batches_get_one_clear_error(change, message):
   config = tiny.get_config()
-  batch = benchmark.random_batch(config, 8)
+  batch = batches.random_batch(config, 8)
   change(batch)
   with pytest.raises(ValueError, match=message):
     train.check_batch(batch, config, num_devices=8)
@@ -298,7 +266,7 @@ def test_fused_calls_compute_the_same_iteration():
     config = tiny.get_config()
     config.train.fuse_calls = fuse
     _, _, state, steps = _setup(config, jax.devices()[:1])
-    state, metrics = steps(state, benchmark.random_batch(config, 8), jax.random.PRNGKey(4))
+    state, metrics = steps(state, batches.random_batch(config, 8), jax.random.PRNGKey(4))
     results.append((_host(metrics), _host(state.gen.params)))
   _assert_same_iteration(results, rtol=1e-5, metric_atol=1e-6)
 
@@ -311,7 +279,7 @@ def test_bfloat16_iteration_close_to_float32():
     config = tiny.get_config()
     config.model.dtype = dtype
     _, _, state, steps = _setup(config, jax.devices()[:1])
-    state, metrics = steps(state, benchmark.random_batch(config, 8), jax.random.PRNGKey(4))
+    state, metrics = steps(state, batches.random_batch(config, 8), jax.random.PRNGKey(4))
     results[dtype] = (_host(metrics), _host(state.gen.params))
   f32, bf16 = results["float32"], results["bfloat16"]
   for name in ("g/loss", "g/gan", "g/password", "g/fr", "g/feat", "g/l1", "d/loss", "d/gan", "d/fr"):

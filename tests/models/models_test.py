@@ -324,7 +324,8 @@ def test_low_resolution_upsampling_is_the_resize_convolution(upsample):
   'phase' in fewer FLOPs, in training (gradients too) and folded."""
   import dataclasses
 
-  from fit_jax import flop_count, inference
+  from benchmarks import flop_count
+  from fit_jax import inference
 
   g = models_lib.Generator(ngf=8, num_blocks=1, norm="batch")
   sub = dataclasses.replace(g, upsample=upsample)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from fit_jax import layout_verdict
+from benchmarks import layout_verdict
 from fit_jax.models import generator_layout
 
 CURRENT = dict(generator_layout.BY_PLATFORM["gpu"], upsample="resize_conv", rgb_block=2,
@@ -109,14 +109,14 @@ def test_cli_reads_a_results_file(tmp_path):
                                + _lines("b", cpu, 530.0, 13_000.0)) + "\n")
 
   def baseline(*platform):
-    done = subprocess.run([sys.executable, "-m", "fit_jax.layout_verdict", str(results),
+    done = subprocess.run([sys.executable, "-m", "benchmarks.layout_verdict", str(results),
                            *platform], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)["baseline"]
 
   assert baseline() == "a"  # the GPU's entry by default
   assert baseline("cpu") == ("a" if cpu == gpu else "b")  # a CPU dry run's
-  done = subprocess.run([sys.executable, "-m", "fit_jax.layout_verdict",
+  done = subprocess.run([sys.executable, "-m", "benchmarks.layout_verdict",
                          str(tmp_path / "missing.jsonl")], capture_output=True, text=True)
   assert done.returncode == 1
   assert done.stderr.strip() == f"{tmp_path / 'missing.jsonl'}: No such file or directory"

@@ -8,14 +8,14 @@ import sys
 
 import pytest
 
-from fit_jax import profile_summary
+from benchmarks import profile_summary
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_benchmark_prints_json_for_train_inference_and_input(tmp_path):
   command = [
-    sys.executable, "-m", "fit_jax.benchmark", "--config", "configs/tiny.py",
+    sys.executable, "-m", "benchmarks.benchmark", "--config", "configs/tiny.py",
     "--modes", "train,infer,input", "--dtypes", "bfloat16", "--train_batch", "8",
     "--infer_batch", "4", "--iters", "2", "--input_workers", "0,2",
     "--infer_variants", "folded,running", "--profile_dir", str(tmp_path),

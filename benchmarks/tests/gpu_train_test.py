@@ -19,10 +19,9 @@ import pytest
 from PIL import Image
 
 from fit_jax import compact_weights, inference, pack, release
+from tests.packed_faces_test import REST, SUBSET, small_lfw_config
 
-from .packed_faces_test import REST, SUBSET, small_lfw_config
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 # As if not installed: find_spec says None (libraries probe for TensorFlow
 # that way) and an import raises ModuleNotFoundError.
 BLOCKER = '''

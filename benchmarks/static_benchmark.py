@@ -1,10 +1,10 @@
 """The benchmark's programs, compiled for an accelerator this machine lacks.
 
-  python -m fit_jax.static_benchmark --target benchmarks/targets/h200.txtpb \
+  python -m benchmarks.static_benchmark --target benchmarks/targets/h200.txtpb \
       [--config configs/default.py] [--train_batch 48] [--infer_batch 256] \
       [--dtypes bfloat16] [--modes train,infer] [--train_variants fused] \
       [--infer_variants folded]
-  python -m fit_jax.static_benchmark --tpu_topology v5e:2x2 [same flags]
+  python -m benchmarks.static_benchmark --tpu_topology v5e:2x2 [same flags]
 
 XLA compiles for a GPU from a description of it (a GpuTargetConfigProto in
 text form, like the specs in XLA's sources) without the GPU being present:
@@ -19,7 +19,7 @@ With --tpu_topology, libtpu (`jax[tpu]` of the installed jax version) does
 the same for a TPU slice: the training step is compiled data-parallel over
 all the slice's chips (the batch flags give the global batch), inference for
 one chip, and each line adds the TPU compiler's own cost estimates
-(fit_jax.tpu_cost: estimated cycles per kernel, in ms for a chip of known
+(benchmarks.tpu_cost: estimated cycles per kernel, in ms for a chip of known
 clock).
 
 Prints one JSON line per program: model FLOPs (flop_count, from the jaxpr),
@@ -31,7 +31,7 @@ program (arguments, outputs and temporaries, donated buffers counted once).
 Nothing runs, so the figures say what a change does to the program (fewer
 kernels, fewer bytes), not how fast it runs.
 
-Takes the flags of fit_jax.benchmark; those about timing are ignored.
+Takes the flags of benchmarks.benchmark; those about timing are ignored.
 """
 
 import collections
@@ -48,15 +48,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from fit_jax import (  # noqa: E402
-  benchmark,
-  flop_count,
-  hlo_traffic,
-  inference,
-  tpu_cost,
-  train,
-  train_state,
-)
+from benchmarks import benchmark, flop_count, hlo_traffic, tpu_cost  # noqa: E402
+from fit_jax import batches, inference, train, train_state  # noqa: E402
 from fit_jax import models as models_lib  # noqa: E402
 from fit_jax.models import generator_layout  # noqa: E402
 
@@ -139,7 +132,7 @@ def train_programs(config, batch_size: int, variant: str, devices: list) -> tupl
   state = jax.tree.map(lambda a: _spec(a, replicated), abstract)
   steps = train.TrainSteps(models, config, mesh, abstract)
   batch = {k: _spec(v, steps.data_sharding)
-           for k, v in benchmark.random_batch(config, batch_size).items()}
+           for k, v in batches.random_batch(config, batch_size).items()}
   key = _spec(key, replicated)
   generated = jax.tree.map(lambda s: _spec(s, steps.data_sharding),
                            jax.eval_shape(steps.generator, state, batch, key)[1])

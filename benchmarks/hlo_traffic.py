@@ -2,7 +2,7 @@
 
 Reads an optimised HLO module's text (`compiled.as_text()`), so it works on
 programs compiled for an accelerator this machine does not have (see
-fit_jax.static_benchmark). Each top-level op of the ENTRY computation is one
+benchmarks.static_benchmark). Each top-level op of the ENTRY computation is one
 kernel (a fusion, a cuDNN or cuBLAS call, a copy; a `call`, such as a CUDA
 graph of several kernels, counts those kernels); its traffic is the bytes
 it writes plus the bytes it reads, where an operand that the fused body only
@@ -23,7 +23,7 @@ import collections
 import dataclasses
 import re
 
-from fit_jax import flop_count
+from benchmarks import flop_count, hlo
 
 _BYTES = {
   "pred": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "s16": 2, "u16": 2,
@@ -75,7 +75,7 @@ def array_bytes(type_text: str) -> int:
   return total
 
 
-def _category(op: flop_count.HloInstruction) -> str:
+def _category(op: hlo.HloInstruction) -> str:
   if op.target:
     return op.target
   if op.opcode == "fusion":
@@ -83,7 +83,7 @@ def _category(op: flop_count.HloInstruction) -> str:
   return op.opcode
 
 
-def _in_place_update(members: list[flop_count.HloInstruction]) -> tuple[str, int] | None:
+def _in_place_update(members: list[hlo.HloInstruction]) -> tuple[str, int] | None:
   """(parameter name, update bytes) of a fusion body rooted at a
   dynamic-update-slice of a parameter or a scatter into one, which XLA runs
   in place."""
@@ -104,7 +104,7 @@ def _in_place_update(members: list[flop_count.HloInstruction]) -> tuple[str, int
   return target, array_bytes(shapes[update].result_type)
 
 
-def _written(op: flop_count.HloInstruction) -> int:
+def _written(op: hlo.HloInstruction) -> int:
   if op.opcode == "custom-call" and op.result_type.startswith("("):
     # A library call's tuple ends with its scratch space (u8[...]): not data.
     parts = re.findall(r"[a-z][a-z0-9]*\[[\d,]*\]", op.result_type)
@@ -114,10 +114,10 @@ def _written(op: flop_count.HloInstruction) -> int:
 
 def entry_traffic(hlo_text: str) -> list[OpTraffic]:
   """One OpTraffic per kernel of the module's ENTRY computation, in order."""
-  instructions, entry = flop_count.parse_hlo_module(hlo_text)
+  instructions, entry = hlo.parse_hlo_module(hlo_text)
   flops = flop_count.hlo_flops(hlo_text)
   by_name = {i.name: i for i in instructions}
-  body: dict[str, list[flop_count.HloInstruction]] = collections.defaultdict(list)
+  body: dict[str, list[hlo.HloInstruction]] = collections.defaultdict(list)
   for i in instructions:
     body[i.computation].append(i)
 

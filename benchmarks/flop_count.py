@@ -34,7 +34,8 @@ import dataclasses
 import math
 import re
 
-Shape = tuple[int, ...]
+from benchmarks import hlo
+from benchmarks.hlo import Shape
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,88 +139,10 @@ def jaxpr_flops(fn, *args, **kwargs) -> dict[str, float]:
 
 # --- optimised HLO -----------------------------------------------------------
 
-_LINE = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*?)\s([\w\-]+)\((.*)$")
-_COMMENT = re.compile(r"/\*.*?\*/")
-_DIMS = re.compile(r"\b[a-z][a-z0-9]*\[([\d,]*)\]")
 _WINDOW = re.compile(r"window=\{([^}]*)\}")
 _DIM_LABELS = re.compile(r"dim_labels=(\w+)_(\w+)->(\w+)")
 _LHS_CONTRACTING = re.compile(r"lhs_contracting_dims=\{([\d,]*)\}")
 _JSON_LHS_CONTRACTING = re.compile(r'"lhs_contracting_dimensions":\[([^\]]*)\]')
-_TARGET = re.compile(r'custom_call_target="([^"]*)"')
-# Fusion bodies (calls=) and called computations (to_apply=: a call, such as
-# a GPU command buffer, or a reduction's combiner).
-_CALLS = re.compile(r"(?:calls|to_apply)=\{?%?([\w.\-]+)")
-
-
-@dataclasses.dataclass(frozen=True)
-class HloInstruction:
-  computation: str
-  name: str
-  opcode: str
-  shape: Shape | None  # the result's (a tuple's first element's)
-  result_type: str  # as printed: "bf16[8,32]{1,0}", "(f32[4], u8[0])"
-  operands: tuple[str, ...]
-  inline_shapes: tuple[Shape | None, ...]  # operand shapes printed in the call, if any
-  called: tuple[str, ...]  # computations it calls (fusion bodies, ...)
-  target: str  # a custom-call's target ("__cudnn$convForward"), else ""
-  line: str
-
-
-def parse_hlo_module(text: str) -> tuple[list[HloInstruction], str]:
-  """The instructions of an optimised HLO module's text and its ENTRY's name."""
-  instructions, computation, entry = [], "", ""
-  for raw in text.splitlines():
-    line = _COMMENT.sub("", raw)  # '/*index=5*/' tags in long signatures
-    match = _LINE.match(line)
-    if match is None:
-      if line[:1] not in ("", " ", "\t") and line.rstrip().endswith("{") and (
-          not line.startswith("HloModule")):
-        words = line.split()
-        is_entry = words[0] == "ENTRY"
-        computation = words[int(is_entry)].lstrip("%")
-        entry = computation if is_entry else entry
-      continue
-    name, result, opcode, rest = match.groups()
-    target = _TARGET.search(line)
-    operands = _operands(rest)
-    instructions.append(HloInstruction(
-      computation, name, opcode, _first_shape(result), result, tuple(n for n, _ in operands),
-      tuple(shape for _, shape in operands), tuple(_CALLS.findall(line)),
-      target.group(1) if target else "", line))
-  return instructions, entry
-
-
-def _first_shape(text: str) -> Shape | None:
-  match = _DIMS.search(text)
-  if match is None:
-    return None
-  return tuple(int(d) for d in match.group(1).split(",") if d)
-
-
-def _operands(rest: str) -> list[tuple[str, Shape | None]]:
-  """(name, inline shape) of each operand, from the text after 'opcode('."""
-  depth, end = 0, len(rest)
-  for i, char in enumerate(rest):
-    if char in "([{":
-      depth += 1
-    elif char in ")]}":
-      if depth == 0:
-        end = i
-        break
-      depth -= 1
-  names, depth, current = [], 0, ""
-  for char in rest[:end] + ",":
-    if char in "([{":
-      depth += 1
-    elif char in ")]}":
-      depth -= 1
-    if char == "," and depth == 0:
-      if current.strip():
-        names.append((current.split()[-1].lstrip("%"), _first_shape(current)))
-      current = ""
-    else:
-      current += char
-  return names
 
 
 def _spec(labels: str, first: str, second: str) -> tuple[int, ...]:
@@ -274,7 +197,7 @@ def _instruction_flops(opcode: str, target: str, out: Shape, operands: list[Shap
 
 def _parse_hlo(text: str) -> tuple[dict[str, float], list[str]]:
   """({instruction: FLOPs, fusions counting their bodies}, ENTRY's instructions)."""
-  instructions, entry = parse_hlo_module(text)
+  instructions, entry = hlo.parse_hlo_module(text)
   shapes = {i.name: i.shape for i in instructions}
   members: dict[str, list[str]] = collections.defaultdict(list)
   for i in instructions:

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from fit_jax import flop_count, hlo_traffic
+from benchmarks import flop_count, hlo_traffic
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 # A GPU-style module: a cuDNN call with scratch space, a fusion that only
 # slices its operand, and one that reads two operands in full.
@@ -190,7 +190,7 @@ def test_static_benchmark_compiles_without_running(tmp_path):
   """On this machine's CPU: both training steps and inference, with model
   FLOPs equal to the executed ones and every kernel in one category."""
   command = [
-    sys.executable, "-m", "fit_jax.static_benchmark", "--config", "configs/tiny.py",
+    sys.executable, "-m", "benchmarks.static_benchmark", "--config", "configs/tiny.py",
     "--dtypes", "bfloat16", "--train_batch", "8", "--infer_batch", "4",
     "--infer_variants", "folded",
   ]
@@ -214,7 +214,7 @@ def test_static_benchmark_compiles_without_running(tmp_path):
 
 
 def test_static_benchmark_target_errors_and_gpu_target(tmp_path):
-  from fit_jax import static_benchmark
+  from benchmarks import static_benchmark
 
   with pytest.raises(ValueError, match="--target .*missing.txtpb: No such file"):
     static_benchmark.target_device(str(tmp_path / "missing.txtpb"))

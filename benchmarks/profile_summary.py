@@ -38,9 +38,8 @@ import json
 import os
 import re
 
-from fit_jax import flop_count, hlo_traffic
+from benchmarks import flop_count, hlo, hlo_traffic
 
-_OP_NAME = re.compile(r'op_name="([^"]*)"')
 _COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 _LAYOUT = ("copy", "transpose", "copy-start", "copy-done", "bitcast")
 # Derived trace lines that repeat the kernels' time on a device.
@@ -99,23 +98,23 @@ def module_name(text: str) -> str:
 
 def parse_hlo(text: str) -> dict[str, HloOp]:
   """Optimised HLO text -> {instruction name: HloOp} for every instruction."""
-  instructions, _ = flop_count.parse_hlo_module(text)
+  instructions, _ = hlo.parse_hlo_module(text)
   bodies: dict[str, set[str]] = collections.defaultdict(set)
   body_op_names: dict[str, str] = {}
   for i in instructions:
     bodies[i.computation].add(i.opcode)
-    op_name = _OP_NAME.search(i.line)
-    if op_name and "/" in op_name.group(1):
-      body_op_names.setdefault(i.computation, op_name.group(1))
+    op_name = hlo.op_name(i.line)
+    if "/" in op_name:
+      body_op_names.setdefault(i.computation, op_name)
   flops = flop_count.hlo_flops(text)
   traffic = {k.name: k.bytes_read + k.bytes_written for k in hlo_traffic.entry_traffic(text)}
   ops = {}
   for i in instructions:
     called = i.called[0] if i.called else ""
     body = set(bodies.get(called, ()))
-    op_name = _OP_NAME.search(i.line)
+    op_name = hlo.op_name(i.line)
     # A fusion XLA made without metadata is named by what it computes.
-    full = op_name.group(1) if op_name else body_op_names.get(called)
+    full = op_name or body_op_names.get(called)
     scope, backward = scope_of(full) if full else ("(unnamed)", False)
     ops[i.name] = HloOp(_category(i.opcode, body, i.target, i.line),
                         scope, backward, flops.get(i.name, 0.0), traffic.get(i.name, 0))

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 # Records each benchmark run's cwd, XLA_FLAGS and arguments, hangs if they hold
 # $HANG_IF, and fails it unless XLA_FLAGS holds $FAIL_UNLESS_FLAG ("" never
@@ -19,7 +19,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # interpreter, except the device listing.
 FAKE_PYTHON = r"""#!/usr/bin/env bash
 if [[ "$*" == *"import jax"* ]]; then echo "fake devices"; exit 0; fi
-if [[ "$*" != *fit_jax.benchmark* ]]; then exec "$REAL_PYTHON" "$@"; fi
+if [[ "$*" != *benchmarks.benchmark* ]]; then exec "$REAL_PYTHON" "$@"; fi
 printf '%s\t%s\t%s\n' "$PWD" "${XLA_FLAGS:-}" "$*" >> "$CALLS"
 if [[ -n "${HANG_IF:-}" && "$*" == *"$HANG_IF"* ]]; then exec sleep 60; fi
 if [[ "${XLA_FLAGS:-}" != *"$FAIL_UNLESS_FLAG"* ]]; then
@@ -101,7 +101,7 @@ def test_when_every_try_fails_the_control_runs_as_it_once_did_and_the_script_sto
 
 
 def test_the_script_ends_with_the_verdict_of_its_lines(tmp_path):
-  """Its last step runs fit_jax.layout_verdict on results.jsonl (the real
+  """Its last step runs benchmarks.layout_verdict on results.jsonl (the real
   module, on the stand-in's whole records) into verdict.json and stderr."""
   from fit_jax.models import generator_layout
 

@@ -18,7 +18,7 @@ import collections
 import dataclasses
 import re
 
-from fit_jax import flop_count, hlo_traffic
+from benchmarks import hlo, hlo_traffic
 
 # Clock (Hz) and HBM bandwidth (bytes/s) of the TPU chips whose clock follows
 # from the published bf16 peak: peak = TensorCores x MXUs x 128 x 128 x 2 x clock.
@@ -39,7 +39,6 @@ _BOOKKEEPING = ("parameter", "constant", "get-tuple-element", "bitcast", "tuple"
                 "copy-done", "slice-done", "after-all")
 _KIND = re.compile(r"kind=(k\w+)")
 _CYCLES = re.compile(r'"estimated_cycles":"(\d+)"')
-_OP_NAME = re.compile(r'op_name="([^"]+)"')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +60,7 @@ def chip(device_kind: str) -> tuple[float, float] | None:
 
 def entry_ops(hlo_text: str) -> list[TpuOp]:
   """The entry computation's instructions that launch work, with estimates."""
-  instructions, entry = flop_count.parse_hlo_module(hlo_text)
+  instructions, entry = hlo.parse_hlo_module(hlo_text)
   if not entry:
     raise ValueError("no ENTRY computation in the HLO text")
   ops = []
@@ -70,11 +69,11 @@ def entry_ops(hlo_text: str) -> list[TpuOp]:
       continue
     kind = _KIND.search(i.line)
     cycles = _CYCLES.search(i.line)
-    op_name = _OP_NAME.search(i.line)
+    op_name = hlo.op_name(i.line)
     ops.append(TpuOp(
       i.name, i.opcode + (":" + kind.group(1) if kind else ""),
       int(cycles.group(1)) if cycles else None, hlo_traffic.array_bytes(i.result_type),
-      op_name.group(1) if op_name else ""))
+      op_name))
   return ops
 
 

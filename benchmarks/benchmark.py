@@ -1,6 +1,6 @@
 """Speed benchmark: prints one JSON line per (mode, dtype, batch).
 
-  python -m fit_jax.benchmark [--config configs/default.py] \
+  python -m benchmarks.benchmark [--config configs/default.py] \
       [--train_batch 48] [--infer_batch 256] [--dtypes float32,bfloat16]
 
 Measures a full training iteration (generator_step + discriminator_step, as
@@ -42,7 +42,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from fit_jax import flop_count, inference, profile_summary, train, train_state
+from benchmarks import flop_count, profile_summary
+from fit_jax import batches, inference, train, train_state
 from fit_jax import models as models_lib
 from fit_jax.models import generator_layout
 
@@ -68,22 +69,6 @@ _INPUT_WORKERS = flags.DEFINE_string(
   "input_workers", "", "Comma-separated batch_loader thread counts for --modes input; "
   "empty: config.data.num_workers."
 )
-
-
-def random_batch(config, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-  """A random training batch with plausible landmarks (never zeros)."""
-  rng = np.random.default_rng(seed)
-  size = config.data.image_size
-  frame = config.data.landmark_frame
-  template = np.array(
-    [[30.3, 51.7], [65.5, 51.5], [48.0, 71.7], [33.5, 92.4], [62.7, 92.2]]
-  )
-  landmarks = (template - [48, 56]) * frame / 250 + frame / 2
-  return {
-    "image": rng.uniform(-1, 1, (batch, size, size, 3)).astype(np.float32),
-    "label": rng.integers(0, config.model.sphereface.num_classes, batch).astype(np.int32),
-    "landmarks": (landmarks + rng.normal(0, frame / 100, (batch, 5, 2))).astype(np.float32),
-  }
 
 
 def _xla_flops(compiled) -> float:
@@ -167,7 +152,7 @@ def bench_train(config, batch_size: int, iters: int, variant: str = "fused") -> 
   key = jax.random.PRNGKey(0)
   state = train_state.create_train_state(config, models, key, mesh)
   steps = train.TrainSteps(models, config, mesh, state)
-  batch = steps.put_batch(random_batch(config, batch_size))
+  batch = steps.put_batch(batches.random_batch(config, batch_size))
 
   t0 = time.perf_counter()
   g_compiled = steps.generator.lower(state, batch, key).compile()

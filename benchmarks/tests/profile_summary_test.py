@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from fit_jax import flop_count, profile_summary
+from benchmarks import flop_count, profile_summary
 
 
 class _Net(nn.Module):

@@ -5,7 +5,7 @@ import importlib.util
 
 import pytest
 
-from fit_jax import tpu_cost
+from benchmarks import tpu_cost
 
 # The shape of libtpu's optimised HLO (abridged from a v5e compile of the
 # generator): tiled layouts, async copies, a convolution fusion and a loop
@@ -61,7 +61,7 @@ def test_summary_in_cycles_and_ms_for_a_known_chip():
 
 
 def test_chips_by_the_names_libtpu_gives_them():
-  from fit_jax import flop_count
+  from benchmarks import flop_count
 
   # A v5e calls itself "TPU v5 lite", a v5p just "TPU v5".
   assert tpu_cost.chip("TPU v5 lite") == (1.5e9, 819e9)
@@ -73,7 +73,7 @@ def test_chips_by_the_names_libtpu_gives_them():
 
 
 def test_tpu_topology_needs_libtpu_or_names_the_slice():
-  from fit_jax import static_benchmark
+  from benchmarks import static_benchmark
 
   if importlib.util.find_spec("libtpu") is None:
     # CI has no libtpu: the error says what to install.

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fit_jax import flop_count
+from benchmarks import flop_count
 from fit_jax import models as models_lib
 
 

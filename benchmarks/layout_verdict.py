@@ -1,12 +1,12 @@
 """What a GPU session's measurements decide: the GPU's layout entry, and
 whether issue 7's targets are met.
 
-  python -m fit_jax.layout_verdict results.jsonl [platform]   # one JSON object
+  python -m benchmarks.layout_verdict results.jsonl [platform]   # one JSON object
 
 (platform: whose BY_PLATFORM entry is the baseline; gpu unless a CPU dry
 run of the script is read.)
 
-Reads the lines benchmarks/gpu_session.sh writes (fit_jax.benchmark's JSON,
+Reads the lines benchmarks/gpu_session.sh writes (benchmarks.benchmark's JSON,
 each with its run's name; a failed run's {"run", "rc", "error"}) and applies
 the rule generator_layout states, so that a session with a GPU acts on its
 figures without re-deriving them by hand:
@@ -146,7 +146,7 @@ def verdict(lines: Iterable[str], current: dict | None = None) -> dict:
 
 def main(argv: list[str]) -> int:
   if len(argv) not in (2, 3):
-    print("usage: python -m fit_jax.layout_verdict RESULTS.jsonl [cpu|gpu|tpu]",
+    print("usage: python -m benchmarks.layout_verdict RESULTS.jsonl [cpu|gpu|tpu]",
           file=sys.stderr)
     return 2
   try:
