@@ -1,4 +1,4 @@
-"""The paper setting: CASIA-WebFace, batch 48, 30 epochs (REFERENCE §8, main.yaml).
+"""The paper setting: CASIA-WebFace, batch 48, 30 epochs (docs/reference.md §8, main.yaml).
 
 Command (from the repo root):
   python -m fit_jax.main --config configs/default.py --workdir ~/runs/fit_paper \
@@ -78,27 +78,18 @@ def get_config() -> ml_collections.ConfigDict:
   # backend the model runs on, from measurements (fit_jax/models/
   # generator_layout.py); naming a value keeps it on every backend.
   # Upsampling layers: resize_conv (the reference's nearest x2 + reflect pad +
-  # 3x3 conv), subpixel (four 2x2 convolutions on the low-resolution map:
-  # 2.25x fewer FLOPs there), transposed (one transposed convolution with a
-  # 4x4 kernel), phase (one 3x3 convolution of the low-resolution map with
-  # the four output phases as channels: the same MACs, no x2 input map) or
-  # phase_2x2 (the same with 2x2 kernels, each phase a shifted window: 0.47x
-  # those layers' MACs).
+  # 3x3 conv) or phase_2x2 (one 2x2 convolution of the low-resolution map with
+  # the four output phases as channels: 0.47x those layers' MACs).
   config.model.generator.upsample = "auto"
   # How reflect padding is computed: gather (one pass over memory, nearest
   # upsampling folded in) or concatenate (jnp.pad's ops; two passes on GPU,
   # what the TFLite export uses).
   config.model.generator.reflect_pad_ops = "auto"
   # How the 7x7 convolutions from and to RGB are computed: conv (lax.conv, as
-  # the other layers), matmul (one dense matmul each, via patches or tap
-  # products) or space_to_depth (a convolution of pixel blocks, rgb_block
-  # wide). cuDNN runs the 3-channel convolutions at 2-6 % of its peak on an
-  # H200.
+  # the other layers) or space_to_depth (a convolution of pixel blocks,
+  # rgb_block wide). cuDNN runs the 3-channel convolutions at 2-6 % of its
+  # peak on an H200.
   config.model.generator.rgb_conv = "auto"
-  # With rgb_conv=conv, the channels those convolutions compute with: 3, or 8
-  # (zero-filled: 2.7x those layers' FLOPs; cuDNN's tensor-core kernels want
-  # multiples of 8). Parameters keep their shapes.
-  config.model.generator.rgb_channels = config_dict.placeholder(int)
   # With rgb_conv=space_to_depth, the block side: 2 (16 channels instead of 3,
   # 4x4 kernel, 1.31x those layers' MACs) or 4 (48 and 1024 channels at a
   # quarter of the resolution, 3x3 kernel, 2.94x the MACs: the shapes cuDNN

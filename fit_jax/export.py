@@ -87,13 +87,9 @@ def _deployable(model):
   """The same function in ops that TF and TFLite have builtins for."""
   # TFLite has builtins for jnp.pad's concatenations, none for the gather
   # that pads in one pass on accelerators (batch size unknown until run time),
-  # nor for the scatter of folded_trunk_padding="border" or the dilated-input
-  # convolution of upsample="transposed".
-  model = dataclasses.replace(model, reflect_pad_ops="concatenate",
-                              folded_trunk_padding="per_conv")
-  if model.upsample == "transposed":
-    model = dataclasses.replace(model, upsample="resize_conv")
-  return model
+  # nor for the scatter of folded_trunk_padding="border".
+  return dataclasses.replace(model, reflect_pad_ops="concatenate",
+                             folded_trunk_padding="per_conv")
 
 
 def _converted(model, variables, image_size: int, scale: float, sign: float, io_uint8: bool):

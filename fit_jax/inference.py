@@ -36,7 +36,7 @@ def _folded_keeps_conv_bias(model: generator_lib.Generator, conv_path) -> bool:
   """The phase upsampling modes add an up-convolution's bias themselves,
   tiled over the output phases (where XLA fuses it into the cuDNN call);
   elsewhere the folded norm's bias carries it."""
-  return model.upsample in generator_lib.PHASE_MODES and conv_path[0].startswith("up_")
+  return model.upsample == "phase_2x2" and conv_path[0].startswith("up_")
 
 
 def _get(tree, path):

@@ -50,8 +50,8 @@ def test_bfloat16_folded_close_to_float32():
 
 @pytest.mark.parametrize("shape,num_downsampling,upsample", [
   ((3, 32, 24, 3), 2, "resize_conv"), ((3, 32, 24, 3), 2, "phase_2x2"),
-  # Odd maps after one down layer (5x7), under the other phase mode.
-  ((2, 10, 14, 3), 1, "phase"), ((2, 12, 16, 3), 0, "phase_2x2"),
+  # Odd maps after one down layer (5x7).
+  ((2, 10, 14, 3), 1, "phase_2x2"), ((2, 12, 16, 3), 0, "phase_2x2"),
 ])
 def test_border_trunk_padding_is_the_same_folded_generator(shape, num_downsampling, upsample):
   """folded_trunk_padding='border' (padded maps, zero-padded convolutions,

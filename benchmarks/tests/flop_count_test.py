@@ -162,3 +162,30 @@ def test_peaks():
   assert flop_count.peak_flops("TPU v4", "bfloat16") == 275e12
   assert flop_count.peak_flops("TPU v4", "float32") is None
   assert flop_count.peak_flops("cpu", "bfloat16") is None
+
+
+def test_phase_2x2_upsampling_saves_its_taps():
+  """The phase_2x2 up layers do 4 taps per output phase where the
+  resize-convolution does 9: the count says exactly that."""
+  import dataclasses
+
+  g = models_lib.Generator(ngf=8, num_blocks=1, norm="batch")
+  phase = dataclasses.replace(g, upsample="phase_2x2")
+  key = jax.random.PRNGKey(3)
+  x = jax.random.uniform(key, (3, 32, 24, 3), minval=-1, maxval=1)
+  z = jax.random.bernoulli(key, 0.5, (3, 16)) - 0.5
+  v = g.init(key, x, z, train=True)
+
+  def flops(model):  # multiply-adds with real inputs
+    return sum(flop_count.jaxpr_flops(
+      lambda v, x, z: model.apply(v, x, z, train=False), v, x, z).values())
+
+  # The two upsampling layers (8x6x32 -> 16x12x16 -> 32x24x8, batch 3).
+  resize = 2 * 3 * 9 * (16 * 12 * 32 * 16 + 32 * 24 * 16 * 8)
+  # 2x2 taps for each of 4 phases at (h + 1) x (w + 1) low-resolution pixels.
+  phase_2x2 = 2 * 3 * 16 * (9 * 7 * 32 * 16 + 17 * 13 * 16 * 8)
+  # phase_2x2 creates the layers' parameters by calling them once on a 3x3
+  # input (one output pixel; unused, so XLA drops it).
+  dummy_calls = 2 * 9 * (32 * 16 + 16 * 8)
+  np.testing.assert_allclose(flops(g) - flops(phase) + dummy_calls, resize - phase_2x2,
+                             rtol=1e-9)

@@ -78,7 +78,7 @@ def test_a_slice_after_elementwise_ops_reads_only_its_elements():
   assert ops["loop_convert_fusion"].bytes_read == 4 * 64 * 64 * 8 * 2
 
 
-# A map's 1-pixel border rewritten in place (layers.rewrite_border):
+# A map's 1-pixel border rewritten in place (padding.rewrite_border):
 # a gather of the sources, then a scatter into the map; and a
 # dynamic-update-slice of one column, as XLA's GPU backend fuses them.
 _IN_PLACE = """HloModule in_place

@@ -1,4 +1,4 @@
-"""Multi-scale PatchGAN discriminators (REFERENCE §3).
+"""Multi-scale PatchGAN discriminators (docs/reference.md §3).
 
 `MultiscaleDiscriminatorSharedFE` of the original: one fine PatchGAN per
 branch (`M` anonymized, `R` recovered, `WR` wrong-recovered) at 128x128 and a

@@ -11,7 +11,7 @@ integer ones) takes the entry of the backend the model is built for, below;
 an option a config names is kept as it is.
 
 Each entry records what decided it. Change an entry only with a measurement
-on that backend (benchmarks/README.md), in both training and inference.
+on that backend (docs/performance.md), in both training and inference.
 """
 
 from collections.abc import Mapping
@@ -20,34 +20,27 @@ import jax
 
 AUTO = "auto"
 
-LAYOUT_OPTIONS = ("upsample", "reflect_pad_ops", "rgb_conv", "rgb_channels", "rgb_block",
-                  "folded_trunk_padding")
+LAYOUT_OPTIONS = ("upsample", "reflect_pad_ops", "rgb_conv", "rgb_block", "folded_trunk_padding")
 
 BY_PLATFORM = {
-  # XLA:CPU, 2 cores, float32 (benchmarks/README.md, twelfth session,
-  # alternating rounds): phase_2x2 ran faster than resize_conv in every
-  # round, paper-size folded inference and demo-config training alike (its
-  # 9 % fewer FLOPs, on a backend bound by them); 4x4 RGB blocks gained
-  # nothing on top, phase, subpixel and 2x2 blocks less. border lost
-  # (eleventh session).
+  # XLA:CPU, 2 cores, float32, alternating rounds (docs/performance.md):
+  # phase_2x2 ran faster than resize_conv in every round, paper-size folded
+  # inference and demo-config training alike (9 % fewer FLOPs, on a backend
+  # bound by them); 4x4 RGB blocks gained nothing on top; border lost.
   "cpu": dict(upsample="phase_2x2", reflect_pad_ops="gather", rgb_conv="conv",
-              rgb_channels=3, rgb_block=2, folded_trunk_padding="per_conv"),
-  # H200, bf16, jax 0.11.2 (fifteenth session, benchmarks/gpu_session.sh
-  # and its verdict, same call): the RGB layers on 4x4 pixel blocks with
-  # phase_2x2 up-layers beat the earlier entry (resize_conv, conv, per_conv)
-  # in training (0.0960 against 0.1084 s per iteration at batch 48) and in
-  # folded inference (19,687 against 13,087 img/s at batch 256), and border
-  # added to that (20,044 img/s). Earlier (sixth session): resize_conv beat
-  # subpixel and transposed, conv beat matmul, and the one-gather padding
-  # doubled inference against jnp.pad's.
+              rgb_block=2, folded_trunk_padding="per_conv"),
+  # H200, bf16, jax 0.11.2 (benchmarks/gpu_layouts.sh and its verdict, one
+  # run): RGB layers on 4x4 pixel blocks with phase_2x2 up layers beat
+  # resize_conv, conv, per_conv in training (0.0960 against 0.1084 s per
+  # iteration at batch 48) and in folded inference (19,687 against 13,087
+  # img/s at batch 256); border added to that (20,044 img/s).
   "gpu": dict(upsample="phase_2x2", reflect_pad_ops="gather", rgb_conv="space_to_depth",
-              rgb_channels=3, rgb_block=4, folded_trunk_padding="border"),
-  # TPU v5e by the compiler's own cost estimates (eighth and eleventh
-  # sessions, no TPU measured): phase and phase_2x2 cost more than
-  # resize_conv in both steps (relayout copies), border costs more in
-  # inference.
+              rgb_block=4, folded_trunk_padding="border"),
+  # TPU v5e by the compiler's own cost estimates (no TPU measured):
+  # phase_2x2 costs more than resize_conv in both steps (relayout copies),
+  # border more in inference.
   "tpu": dict(upsample="resize_conv", reflect_pad_ops="gather", rgb_conv="conv",
-              rgb_channels=3, rgb_block=2, folded_trunk_padding="per_conv"),
+              rgb_block=2, folded_trunk_padding="per_conv"),
 }
 
 

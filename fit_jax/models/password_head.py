@@ -1,4 +1,4 @@
-"""The password predictor Q (REFERENCE §4, `MultiClassifier`).
+"""The password predictor Q (docs/reference.md §4, `MultiClassifier`).
 
 An infoGAN-style auxiliary classifier: from a pair of images concatenated on
 channels it predicts the password that turns the first into the second, as

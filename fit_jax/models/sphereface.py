@@ -1,4 +1,4 @@
-"""SphereFace-20a face recogniser and its A-Softmax head (REFERENCE §5).
+"""SphereFace-20a face recogniser and its A-Softmax head (docs/reference.md §5).
 
 A port of `sphere20a` / `AngleLinear` from clcarwin/sphereface_pytorch (as
 copied into the original `models/net_sphere.py`). The A-Softmax *loss* is a

@@ -41,17 +41,17 @@ def test_auto_none_and_absent_take_the_platforms_entry_named_values_stay():
   assert generator_layout.resolve({}, "rocm") == gpu
   assert generator_layout.resolve(
     {name: "auto" for name in generator_layout.LAYOUT_OPTIONS}, "gpu") == gpu
-  pinned = generator_layout.resolve({"upsample": "phase", "rgb_block": 4,
-                                     "rgb_channels": None}, "tpu")
+  pinned = generator_layout.resolve({"upsample": "phase_2x2", "rgb_block": 4,
+                                     "rgb_conv": None}, "tpu")
   tpu = generator_layout.BY_PLATFORM["tpu"]
-  assert pinned == {**tpu, "upsample": "phase", "rgb_block": 4}
+  assert pinned == {**tpu, "upsample": "phase_2x2", "rgb_block": 4}
   # No platform: JAX's default backend (CPU in the tests).
   assert generator_layout.resolve({}) == generator_layout.BY_PLATFORM["cpu"]
 
 
 def test_unknown_option_or_platform_is_one_clear_error():
   with pytest.raises(ValueError, match=r"unknown generator layout options \['upsampling'\]"):
-    generator_layout.resolve({"upsampling": "phase"}, "cpu")
+    generator_layout.resolve({"upsampling": "phase_2x2"}, "cpu")
   with pytest.raises(ValueError, match="platform 'metal' is not one of"):
     generator_layout.resolve({}, "metal")
 

@@ -1,5 +1,5 @@
 """layers.bias_add and layers.Conv: float32 bias gradients under bfloat16
-compute, with nn.Conv's parameters; layers.norm_act_pad and Norm: the
+compute, with nn.Conv's parameters; norm_kernels.norm_act_pad and Norm: the
 written-out BatchNorm gradient equals the automatic one."""
 
 import functools
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from fit_jax.models import layers
+from fit_jax.models import layers, norm_kernels, padding
 
 
 def test_bias_gradient_is_summed_in_float32():
@@ -70,8 +70,8 @@ def test_norm_act_pad_gradient_is_the_automatic_one(groups, dtype, relu, pad, up
   scale = 1 + 0.1 * jax.random.normal(keys[1], (6,))
   bias = 0.1 * jax.random.normal(keys[2], (6,))
   args = (groups, 1e-5, dtype, relu, pad, upsample)
-  out, vjp = jax.vjp(lambda *a: layers.norm_act_pad(*a, *args), x, scale, bias)
-  ref_out, ref_vjp = jax.vjp(lambda *a: layers.norm_act_pad_reference(*a, *args), x, scale, bias)
+  out, vjp = jax.vjp(lambda *a: norm_kernels.norm_act_pad(*a, *args), x, scale, bias)
+  ref_out, ref_vjp = jax.vjp(lambda *a: norm_kernels.norm_act_pad_reference(*a, *args), x, scale, bias)
   for a, b in zip(out, ref_out):
     np.testing.assert_array_equal(a, b)
   assert out[0].shape == (12, (6 * upsample + 2 * pad), (8 * upsample + 2 * pad), 6)
@@ -87,7 +87,7 @@ def test_norm_act_pad_gradient_is_the_automatic_one(groups, dtype, relu, pad, up
   # TPU's (one reduction, over x's grid from P^T g or over the padded grid)
   # and the GPU's (columns first; bfloat16 only).
   residuals = (x, out[1], out[2], scale, bias)
-  others = [layers._norm_act_pad_grads(*args, residuals, cotangents, sums_on_input_grid=on_input,
+  others = [norm_kernels._norm_act_pad_grads(*args, residuals, cotangents, sums_on_input_grid=on_input,
                                        columns_first=columns_first)
             for on_input, columns_first in ((True, False), (False, False), (False, True))]
   for ours_or_tpus in (ours, *others):
@@ -142,7 +142,7 @@ def test_norm_with_relu_and_padding_is_the_composition(mode, train, pad_ops):
   def composed(params, x):
     y, updates = norm.apply({**variables, "params": params}, x, train, stat_groups=2,
                             mutable=["batch_stats"])
-    return layers.reflect_pad_reference(jax.nn.relu(y), 1, 2), updates
+    return padding.reflect_pad_reference(jax.nn.relu(y), 1, 2), updates
 
   (out, updates), (ref, ref_updates) = fused(variables["params"], x), composed(variables["params"], x)
   assert out.shape == (4, 14, 14, 3)
@@ -164,7 +164,7 @@ def test_one_pass_moments_are_as_accurate_as_two_passes():
   rng = np.random.default_rng(0)
   x = rng.normal(100.0, 0.01, (2, 4, 1, 16, 16, 3)).astype(np.float32)
   x[:, :, :, 0] += 0.5  # the first rows: 50 standard deviations off
-  mean, var = layers._moments(jnp.asarray(x), (1, 3, 4))
+  mean, var = norm_kernels._moments(jnp.asarray(x), (1, 3, 4))
   x64 = x.astype(np.float64)
   np.testing.assert_allclose(mean, x64.mean(axis=(1, 3, 4), keepdims=True), rtol=1e-7)
   np.testing.assert_allclose(var, x64.var(axis=(1, 3, 4), keepdims=True), rtol=1e-4)
@@ -177,27 +177,27 @@ def test_edge_pad_is_jnp_pad_with_a_scatter_free_gradient():
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 4, 3))
   weights = jax.random.normal(jax.random.PRNGKey(1), (2, 9, 8, 3))
   for ops in ("gather", "concatenate"):
-    np.testing.assert_array_equal(layers.edge_pad(x, 2, ops=ops), layers.edge_pad_reference(x, 2))
+    np.testing.assert_array_equal(padding.edge_pad(x, 2, ops=ops), padding.edge_pad_reference(x, 2))
 
   def loss(pad_fn, x):
     return jnp.sum(pad_fn(x, 2) * weights)
 
-  grad = jax.grad(functools.partial(loss, layers.edge_pad))
-  np.testing.assert_allclose(grad(x), jax.grad(functools.partial(loss, layers.edge_pad_reference))(x),
+  grad = jax.grad(functools.partial(loss, padding.edge_pad))
+  np.testing.assert_allclose(grad(x), jax.grad(functools.partial(loss, padding.edge_pad_reference))(x),
                              rtol=1e-6)
   assert "scatter" not in str(jax.make_jaxpr(grad)(x))
   with pytest.raises(ValueError, match="edge pad ops 'wrap' is not one of"):
-    layers.edge_pad(x, 1, ops="wrap")
+    padding.edge_pad(x, 1, ops="wrap")
 
 
-@pytest.mark.parametrize("mode,pad_fn", [("reflect", layers.reflect_pad), ("edge", layers.edge_pad)])
+@pytest.mark.parametrize("mode,pad_fn", [("reflect", padding.reflect_pad), ("edge", padding.edge_pad)])
 @pytest.mark.parametrize("shape,pad", [((2, 7, 9, 3), 1), ((1, 10, 8, 2), 2)])
 def test_rewrite_border_is_a_padding_of_the_interior(shape, pad, mode, pad_fn):
   x = jax.random.normal(jax.random.PRNGKey(0), shape)
   want = pad_fn(x, pad)
   junk = jnp.full(want.shape, 9.0).at[:, pad:-pad, pad:-pad].set(x)
-  np.testing.assert_array_equal(layers.rewrite_border(junk, pad, mode), want)
+  np.testing.assert_array_equal(padding.rewrite_border(junk, pad, mode), want)
   with pytest.raises(ValueError, match="no interior"):
-    layers.rewrite_border(jnp.zeros((1, 3, 3, 1)), 1, mode)
+    padding.rewrite_border(jnp.zeros((1, 3, 3, 1)), 1, mode)
   with pytest.raises(ValueError, match="border mode 'wrap' is not one of"):
-    layers.rewrite_border(junk, pad, "wrap")
+    padding.rewrite_border(junk, pad, "wrap")

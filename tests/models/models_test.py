@@ -8,7 +8,7 @@ import pytest
 from configs import default, tiny
 from fit_jax import models as models_lib
 from fit_jax.models import discriminator as disc_lib
-from fit_jax.models import generator_layout, layers
+from fit_jax.models import generator_layout, layers, padding
 
 
 def _count(tree):
@@ -93,13 +93,13 @@ def test_password_channels_folded_exactly():
   kernel = v["params"]["conv_in"]
   full = jnp.concatenate([x, jnp.broadcast_to(z[:, None, None], (2, 32, 32, 16))], -1)
   naive = jax.lax.conv_general_dilated(
-    layers.reflect_pad(full, 3), kernel, (1, 1), "VALID",
+    padding.reflect_pad(full, 3), kernel, (1, 1), "VALID",
     dimension_numbers=("NHWC", "HWIO", "NHWC"),
   )
   _, inter = g.apply(v, x, z, train=True, capture_intermediates=True)
   del inter
   folded = jax.lax.conv_general_dilated(
-    layers.reflect_pad(x, 3), kernel[:, :, :3], (1, 1), "VALID",
+    padding.reflect_pad(x, 3), kernel[:, :, :3], (1, 1), "VALID",
     dimension_numbers=("NHWC", "HWIO", "NHWC"),
   ) + (z @ kernel[:, :, 3:].sum((0, 1)))[:, None, None]
   np.testing.assert_allclose(folded, naive, atol=1e-5)
@@ -115,80 +115,47 @@ def test_reflect_pad_is_upsample_then_pad(shape, pad, upsample):
   and its gradient is no scatter (the automatic transpose of a gather)."""
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=shape), jnp.float32)
-  out = layers.reflect_pad(x, pad, upsample)
-  ref = layers.reflect_pad_reference(x, pad, upsample)
+  out = padding.reflect_pad(x, pad, upsample)
+  ref = padding.reflect_pad_reference(x, pad, upsample)
   assert out.shape == ref.shape
   np.testing.assert_array_equal(out, ref)
   cotangent = jnp.asarray(rng.normal(size=ref.shape), jnp.float32)
-  grad = jax.vjp(lambda x: layers.reflect_pad(x, pad, upsample), x)[1](cotangent)[0]
-  grad_ref = jax.vjp(lambda x: layers.reflect_pad_reference(x, pad, upsample), x)[1](cotangent)[0]
+  grad = jax.vjp(lambda x: padding.reflect_pad(x, pad, upsample), x)[1](cotangent)[0]
+  grad_ref = jax.vjp(lambda x: padding.reflect_pad_reference(x, pad, upsample), x)[1](cotangent)[0]
   np.testing.assert_allclose(grad, grad_ref, rtol=1e-6, atol=1e-6)
-  grad_jaxpr = str(jax.make_jaxpr(jax.grad(lambda x: jnp.sum(layers.reflect_pad(x, pad, upsample))))(x))
+  grad_jaxpr = str(jax.make_jaxpr(jax.grad(lambda x: jnp.sum(padding.reflect_pad(x, pad, upsample))))(x))
   assert "scatter" not in grad_jaxpr
   # In bf16 the cells that copy one pixel (up to 16 with upsampling) are
   # summed in float32 and rounded once, by the GPU/CPU formulation (the
   # default here) and the TPU one alike.
   cotangent16 = cotangent.astype(jnp.bfloat16)
-  grad16 = jax.vjp(lambda x: layers.reflect_pad(x, pad, upsample), x.astype(jnp.bfloat16))[1](
+  grad16 = jax.vjp(lambda x: padding.reflect_pad(x, pad, upsample), x.astype(jnp.bfloat16))[1](
     cotangent16)[0]
-  exact = jax.vjp(lambda x: layers.reflect_pad_reference(x, pad, upsample), x)[1](
+  exact = jax.vjp(lambda x: padding.reflect_pad_reference(x, pad, upsample), x)[1](
     cotangent16.astype(jnp.float32))[0]
   assert grad16.dtype == jnp.bfloat16
   np.testing.assert_array_equal(grad16, exact.astype(jnp.bfloat16))
-  for formulation in (layers._transpose_as_chain, layers._transpose_as_slices):
+  for formulation in (padding._transpose_as_chain, padding._transpose_as_slices):
     np.testing.assert_array_equal(
       formulation(cotangent16, pad, upsample, jnp.bfloat16), exact.astype(jnp.bfloat16))
     np.testing.assert_allclose(formulation(cotangent, pad, upsample, jnp.float32), grad_ref,
                                rtol=1e-6, atol=1e-6)
   # The export's ops (TFLite has no gather with a run-time batch) agree.
-  np.testing.assert_array_equal(layers.reflect_pad(x, pad, upsample, ops="concatenate"), ref)
+  np.testing.assert_array_equal(padding.reflect_pad(x, pad, upsample, ops="concatenate"), ref)
   with pytest.raises(ValueError, match="reflect padding 4 needs more than"):
-    layers.reflect_pad(jnp.zeros((1, 4, 4, 1)), 4)
+    padding.reflect_pad(jnp.zeros((1, 4, 4, 1)), 4)
   with pytest.raises(ValueError, match="reflect pad ops 'scatter' is not one of"):
-    layers.reflect_pad(x, pad, upsample, ops="scatter")
+    padding.reflect_pad(x, pad, upsample, ops="scatter")
 
 
-def test_rgb_channels_zero_filled_compute_the_same():
-  """rgb_channels=8 (zero-filled RGB input and output convolutions, for
-  cuDNN's tensor-core kernels) has the same parameters and computes the same
-  outputs and gradients, folded too."""
-  import dataclasses
-
-  from fit_jax import inference
-
-  g = models_lib.Generator(ngf=8, num_blocks=1, norm="batch", rgb_conv="conv")
-  g8 = dataclasses.replace(g, rgb_channels=8)
-  key = jax.random.PRNGKey(4)
-  x = jax.random.uniform(key, (2, 32, 32, 3), minval=-1, maxval=1)
-  z = jax.random.bernoulli(key, 0.5, (2, 16)) - 0.5
-  v = g.init(key, x, z, train=True)
-  assert jax.tree.map(jnp.shape, g8.init(key, x, z, train=True)) == jax.tree.map(jnp.shape, v)
-
-  def loss(params, model):
-    out, _ = model.apply({**v, "params": params}, x, z, train=True, mutable=["batch_stats"])
-    return jnp.sum(out ** 2)
-
-  # Float32 sums in another order: gradients of magnitude ~3 agree to ~1e-4.
-  for a, b in zip(jax.tree.leaves(jax.grad(loss)(v["params"], g8)),
-                  jax.tree.leaves(jax.grad(loss)(v["params"], g))):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-4)
-  folded, fv = inference.fold_batch_norm(g8, v)
-  np.testing.assert_allclose(folded.apply(fv, x, z, train=False),
-                             g.apply(v, x, z, train=False), atol=1e-6)
-  with pytest.raises(ValueError, match="rgb_channels must be at least 3; got 2"):
-    dataclasses.replace(g, rgb_channels=2).init(key, x, z, train=True)
-  with pytest.raises(ValueError, match="rgb_channels=8 needs rgb_conv 'conv'; got 'matmul'"):
-    dataclasses.replace(g8, rgb_conv="matmul").init(key, x, z, train=True)
-
-
-_RGB_CONV_VARIANTS = [("matmul", 2), ("space_to_depth", 2), ("space_to_depth", 4)]
+_RGB_CONV_VARIANTS = [("space_to_depth", 2), ("space_to_depth", 4)]
 
 
 @pytest.mark.parametrize("rgb_conv,rgb_block", _RGB_CONV_VARIANTS)
 def test_rgb_conv_variants_compute_the_conv(rgb_conv, rgb_block):
-  """rgb_conv=matmul (the 7x7 RGB convolutions as patches and tap-product
-  matmuls) and space_to_depth (as convolutions of 2x2 or 4x4 pixel blocks)
-  have the conv's parameters, outputs and gradients, folded too."""
+  """rgb_conv=space_to_depth (the 7x7 RGB convolutions as convolutions of
+  2x2 or 4x4 pixel blocks) has the conv's parameters, outputs and
+  gradients, folded too."""
   import dataclasses
 
   from fit_jax import inference
@@ -224,9 +191,8 @@ def test_rgb_conv_variants_compute_the_conv(rgb_conv, rgb_block):
 
 @pytest.mark.parametrize("rgb_conv,rgb_block", _RGB_CONV_VARIANTS)
 def test_rgb_conv_variants_in_bfloat16_are_as_accurate_as_the_conv(rgb_conv, rgb_block):
-  """Against the float32 model, bfloat16 with rgb_conv=matmul or
-  space_to_depth errs no more than bfloat16 with lax.conv, output and every
-  gradient (matmul's output bias gradient is better: a float32 sum)."""
+  """Against the float32 model, bfloat16 with rgb_conv=space_to_depth errs
+  no more than bfloat16 with lax.conv, output and every gradient."""
   import dataclasses
 
   g = models_lib.Generator(ngf=8, num_blocks=1, norm="batch")
@@ -243,19 +209,19 @@ def test_rgb_conv_variants_in_bfloat16_are_as_accurate_as_the_conv(rgb_conv, rgb
 def test_phase_2x2_windows_are_the_same_on_every_platform():
   """phase_2x2's depth-to-space of shifted windows: the pad-and-reshape form
   (GPU, CPU) and the stacked slices (TPU) place every phase alike."""
-  from fit_jax.models import generator as generator_lib
+  from fit_jax.models import upsampling
 
   y = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 4, 2, 2, 3))
-  shifted = generator_lib._phase_windows_shifted(y)
+  shifted = upsampling._phase_windows_shifted(y)
   assert shifted.shape == (2, 8, 6, 3)
-  np.testing.assert_array_equal(shifted, generator_lib._phase_windows_stacked(y))
+  np.testing.assert_array_equal(shifted, upsampling._phase_windows_stacked(y))
   a, b_, i, j = 1, 0, 2, 1  # output pixel (2i + a, 2j + b) is y at (i + a, j + b)
   np.testing.assert_array_equal(shifted[:, 2 * i + a, 2 * j + b_], y[:, i + a, j + b_, a, b_])
 
 
-@pytest.mark.parametrize("upsample", ["phase", "phase_2x2"])
+@pytest.mark.parametrize("upsample", ["phase_2x2"])
 def test_phase_upsampling_in_bfloat16_is_as_accurate_as_the_resize_conv(upsample):
-  """Against the float32 model, bfloat16 with a phase upsampling (tap sums
+  """Against the float32 model, bfloat16 with the phase upsampling (tap sums
   rounded to bf16 once) errs no more than bfloat16 with the
   resize-convolution, output and every gradient."""
 
@@ -314,21 +280,17 @@ def test_unknown_upsample_is_one_clear_error():
     g.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)), jnp.zeros((1, 16)), train=True)
 
 
-@pytest.mark.parametrize("upsample", ["subpixel", "transposed", "phase", "phase_2x2"])
-def test_low_resolution_upsampling_is_the_resize_convolution(upsample):
-  """upsample='subpixel' (four 2x2 convs on the low-resolution map),
-  'transposed' (one transposed conv with a 4x4 kernel), 'phase' (one 3x3
-  conv with the four output phases as channels) and 'phase_2x2' (the same
-  with 2x2 kernels, over one more row and column) compute the reference's
-  nearest x2 + reflect pad + 3x3 conv with the same parameters, all but
-  'phase' in fewer FLOPs, in training (gradients too) and folded."""
+def test_phase_2x2_upsampling_is_the_resize_convolution():
+  """upsample='phase_2x2' (one 2x2 convolution of the low-resolution map
+  with the four output phases as channels) computes the reference's nearest
+  x2 + reflect pad + 3x3 conv with the same parameters, in training
+  (gradients too) and folded."""
   import dataclasses
 
-  from benchmarks import flop_count
   from fit_jax import inference
 
   g = models_lib.Generator(ngf=8, num_blocks=1, norm="batch")
-  sub = dataclasses.replace(g, upsample=upsample)
+  sub = dataclasses.replace(g, upsample="phase_2x2")
   key = jax.random.PRNGKey(3)
   x = jax.random.uniform(key, (3, 32, 24, 3), minval=-1, maxval=1)
   z = jax.random.bernoulli(key, 0.5, (3, 16)) - 0.5
@@ -350,23 +312,6 @@ def test_low_resolution_upsampling_is_the_resize_convolution(upsample):
   folded, fv = inference.fold_batch_norm(sub, v)
   np.testing.assert_allclose(folded.apply(fv, x, z, train=False),
                              g.apply(v, x, z, train=False), atol=1e-5)
-
-  def flops(model):  # multiply-adds with real inputs, not dilation zeros
-    return sum(flop_count.jaxpr_flops(
-      lambda v, x, z: model.apply(v, x, z, train=False), v, x, z).values())
-
-  # The two upsampling layers (8x6x32 -> 16x12x16 -> 32x24x8, batch 3): their
-  # 9 taps per output pixel become 4.
-  up_flops = 2 * 3 * 9 * (16 * 12 * 32 * 16 + 32 * 24 * 16 * 8)
-  # Both variants create the layers' parameters by calling them once on a
-  # 3x3 input (one output pixel; unused, so XLA drops it).
-  dummy_calls = 2 * 9 * (32 * 16 + 16 * 8)
-  saved = {
-    "phase": 0,
-    # 2x2 taps for each of 4 phases at (h + 1) x (w + 1) low-resolution pixels.
-    "phase_2x2": up_flops - 2 * 3 * 16 * (9 * 7 * 32 * 16 + 17 * 13 * 16 * 8),
-  }.get(upsample, up_flops * 5 / 9)
-  np.testing.assert_allclose(flops(g) - flops(sub) + dummy_calls, saved, rtol=1e-9)
 
 
 @pytest.mark.parametrize("mode", ["batch", "instance"])
@@ -454,7 +399,7 @@ def test_layout_options_left_auto_or_absent_follow_the_backend(tiny_models):
   assert generator_layout.of(tpu) == generator_layout.BY_PLATFORM["tpu"]
   with cfg.model.generator.unlocked():
     cfg.model.generator.rgb_block = 4
-    cfg.model.generator.upsample = "phase"
+    cfg.model.generator.upsample = "phase_2x2"
   g = models_lib.build_models(cfg.model, platform="gpu").generator
-  assert (g.rgb_block, g.upsample) == (4, "phase")
+  assert (g.rgb_block, g.upsample) == (4, "phase_2x2")
   assert g.rgb_conv == generator_layout.BY_PLATFORM["gpu"]["rgb_conv"]

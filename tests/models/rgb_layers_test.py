@@ -1,6 +1,5 @@
-"""The RGB-side convolutions written as matmuls or as convolutions of pixel
-blocks equal lax.conv of the reflect-padded input, in value and gradient,
-without scatters."""
+"""The RGB-side convolutions as convolutions of pixel blocks equal lax.conv
+of the reflect-padded input, in value and gradient, without scatters."""
 
 import functools
 
@@ -9,30 +8,26 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fit_jax.models import few_channel_conv, layers
+from fit_jax.models import padding, rgb_layers
 
 
 def _reference(x, kernel, pad):
   return jax.lax.conv_general_dilated(
-    layers.reflect_pad_reference(x, pad), kernel, (1, 1), "VALID",
+    padding.reflect_pad_reference(x, pad), kernel, (1, 1), "VALID",
     dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 CASES = [
   # (function, input channels, output channels, pad, height, width)
-  (few_channel_conv.conv_by_patches, 3, 8, 3, 16, 12),
-  (few_channel_conv.conv_by_patches, 3, 5, 1, 9, 7),  # 27 deep: aligned to 32
-  (few_channel_conv.conv_by_tap_products, 8, 3, 3, 16, 12),
-  (few_channel_conv.conv_by_tap_products, 6, 2, 2, 11, 13),  # 50 taps: aligned to 56
-  (few_channel_conv.conv_space_to_depth, 3, 64, 3, 16, 12),  # 12 channels in: 16
-  (few_channel_conv.conv_space_to_depth, 64, 3, 3, 16, 12),  # 12 channels out: 16
-  (few_channel_conv.conv_space_to_depth, 6, 2, 2, 12, 8),  # 5-pixel kernel: 3x3 blocks
-  (functools.partial(few_channel_conv.conv_space_to_depth, block=4), 3, 4, 3, 16, 12),
+  (rgb_layers.conv_space_to_depth, 3, 64, 3, 16, 12),  # 12 channels in: 16
+  (rgb_layers.conv_space_to_depth, 64, 3, 3, 16, 12),  # 12 channels out: 16
+  (rgb_layers.conv_space_to_depth, 6, 2, 2, 12, 8),  # 5-pixel kernel: 3x3 blocks
+  (functools.partial(rgb_layers.conv_space_to_depth, block=4), 3, 4, 3, 16, 12),
 ]
 
 
 @pytest.mark.parametrize("fn,cin,cout,pad,h,w", CASES)
-@pytest.mark.parametrize("ops", layers.REFLECT_PAD_OPS)
+@pytest.mark.parametrize("ops", padding.REFLECT_PAD_OPS)
 def test_equals_reflect_padded_conv(fn, cin, cout, pad, h, w, ops):
   kx, kk, kc = jax.random.split(jax.random.PRNGKey(cin + pad), 3)
   x = jax.random.normal(kx, (2, h, w, cin))
@@ -51,24 +46,12 @@ def test_equals_reflect_padded_conv(fn, cin, cout, pad, h, w, ops):
     np.testing.assert_allclose(g, g_ref, rtol=0, atol=2e-3 * float(jnp.abs(g_ref).max()))
   jaxpr = str(jax.make_jaxpr(jax.grad(lambda x, k: jnp.sum(fn(x, k, pad, ops)), (0, 1)))(x, kernel))
   assert "scatter" not in jaxpr
-  if fn in (few_channel_conv.conv_by_patches, few_channel_conv.conv_by_tap_products):
-    assert "conv_general_dilated" not in jaxpr
-
-
-def test_patches_are_rebuilt_not_kept_for_the_backward_pass():
-  """conv_by_patches is rematerialised: what the backward pass keeps from the
-  forward is its input, not the 49x wider patches."""
-  x = jnp.ones((2, 16, 16, 3))
-  kernel = jnp.ones((7, 7, 3, 8))
-  _, residuals = jax.linearize(lambda x: few_channel_conv.conv_by_patches(x, kernel, 3, "gather"), x)
-  sizes = [leaf.size for leaf in jax.tree.leaves(residuals)]
-  assert max(sizes) <= x.size, sizes
 
 
 def test_space_to_depth_is_one_convolution_with_tensor_core_channel_counts():
   """Forward: one convolution, 16 input and 256 output channels for the
   generator's input layer (3 -> 64, 7x7: 4x4 blocks of 2x2 pixels)."""
-  jaxpr = jax.make_jaxpr(lambda x, k: few_channel_conv.conv_space_to_depth(x, k, 3, "gather"))(
+  jaxpr = jax.make_jaxpr(lambda x, k: rgb_layers.conv_space_to_depth(x, k, 3, "gather"))(
     jnp.zeros((2, 16, 16, 3)), jnp.zeros((7, 7, 3, 64)))
   convs = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
   assert [e.invars[1].aval.shape for e in convs] == [(4, 4, 16, 256)]
@@ -76,8 +59,6 @@ def test_space_to_depth_is_one_convolution_with_tensor_core_channel_counts():
 
 def test_kernel_size_must_match_padding():
   with pytest.raises(ValueError, match=r"kernel \(5, 5, 3, 8\) is not 7x7"):
-    few_channel_conv.conv_by_patches(jnp.zeros((1, 8, 8, 3)), jnp.zeros((5, 5, 3, 8)), 3, "gather")
-  with pytest.raises(ValueError, match=r"kernel \(7, 7, 8, 3\) is not 3x3"):
-    few_channel_conv.conv_by_tap_products(jnp.zeros((1, 8, 8, 8)), jnp.zeros((7, 7, 8, 3)), 1, "gather")
+    rgb_layers.conv_space_to_depth(jnp.zeros((1, 8, 8, 3)), jnp.zeros((5, 5, 3, 8)), 3, "gather")
   with pytest.raises(ValueError, match="image 9x8 is not a multiple of the 2-pixel block"):
-    few_channel_conv.conv_space_to_depth(jnp.zeros((1, 9, 8, 3)), jnp.zeros((7, 7, 3, 8)), 3, "gather")
+    rgb_layers.conv_space_to_depth(jnp.zeros((1, 9, 8, 3)), jnp.zeros((7, 7, 3, 8)), 3, "gather")
