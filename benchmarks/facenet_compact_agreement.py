@@ -1,6 +1,6 @@
 """What compact FaceNet weights cost: embedding agreement and fold-1 accuracy.
 
-  python benchmarks/facenet_compact_agreement.py [--data ../shared/data] [--sizes 64,250]
+  python benchmarks/facenet_compact_agreement.py [--data $FIT_DATA] [--sizes 64,250]
 
 For each image size (the training size and LFW's own), embeds every image of
 LFW fold 1's pairs with FaceNet under float32, bfloat16 and int8 weights

@@ -1,17 +1,13 @@
 #!/usr/bin/env bash
-# One GPU session's measurements of issue 7, in priority order, as JSON lines.
+# Measures the generator's layouts on a GPU, in priority order, as JSON lines,
+# and applies generator_layout's rule to them (benchmarks.layout_verdict).
 #
-# On the lent GPU machine (repo root; wheels of packages its image lacks,
+# On a GPU machine (repo root; wheels of packages its image lacks,
 # ml_collections at least, in .whl/):
-#   bash benchmarks/gpu_session.sh            # results in $OUT/results.jsonl
-# Carry .control/2921e51 too (made by `mkdir -p .control/2921e51 && git
-# archive 2921e51 fit_jax configs | tar -x -C .control/2921e51`; ignored by
-# git): if the default fails with and without the cache, and with XLA's
-# Triton GEMMs off, that code, which ran on an H200 before, runs as a
-# control.
+#   OUT=/tmp/out bash benchmarks/gpu_layouts.sh     # results in $OUT/results.jsonl
 # A dry run of the same script on CPU with tiny sizes (about 3 minutes):
 #   OUT=/tmp/gpu_dry CONFIG=configs/tiny.py TRAIN_BATCH=8 INFER_BATCH=8 ITERS=2 \
-#     VERDICT_PLATFORM=cpu bash benchmarks/gpu_session.sh
+#     VERDICT_PLATFORM=cpu bash benchmarks/gpu_layouts.sh
 #
 # Each run is its own process (flags differ). A failed run leaves a line
 # {"run", "rc", "error"}, and so does a run that the time budget (BUDGET_S,
@@ -32,14 +28,12 @@ PROFILES=${PROFILES:-/tmp/fit_jax_profiles}
 # none), after its timed calls: if it misses a target, its kernels say where
 # the time went, without another call.
 PROFILE_RUN=${PROFILE_RUN-bf16_space_to_depth4_phase_2x2}
-# Which runs, by name. A session has about 15 minutes of device time in all,
-# so one call measures variants and a later one what they decided. Since the
-# fifteenth session's call the GPU entry is the 4x4-block, phase_2x2, border
-# layout, so `bf16` runs it and the candidate runs below repeat it: name
-# the runs a call needs in RUNS.
-RUNS=${RUNS:-"bf16 bf16_space_to_depth4_phase_2x2 bf16_space_to_depth4_phase_2x2_border f32_space_to_depth4_phase_2x2 bf16_space_to_depth4_phase bf16_space_to_depth4"}
-# Every run ends within BUDGET_S seconds of the script's start: the call's
-# timeout_s (540) less the verdict's few seconds and the kill's grace. A run
+# Which runs, by name. The GPU entry is the 4x4-block, phase_2x2, border
+# layout, so `bf16` runs it and the candidates below repeat parts of it:
+# name the runs a measurement needs in RUNS.
+RUNS=${RUNS:-"bf16 bf16_space_to_depth4_phase_2x2 bf16_space_to_depth4_phase_2x2_border f32_space_to_depth4_phase_2x2 bf16_space_to_depth4"}
+# Every run ends within BUDGET_S seconds of the script's start (a machine
+# lent for a fixed time), leaving the verdict a few seconds. A run
 # that would start with under MIN_RUN_S left is not started, and one still
 # running at the budget is stopped; either leaves a failed line that says
 # so. The lines of the runs before, and the verdict, always come back.
@@ -53,12 +47,8 @@ mkdir -p "$OUT"
 # JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES=all also turns on XLA's kernel
 # cache file, whose reuse of one executable's kernels in another has known
 # bugs (on Hopper, Triton kernels without their TMA descriptors:
-# openxla/xla#35951). With it, on 2026-11-27, every run of this script
-# died in the discriminator step (compiled after the generator step had
-# filled that file) with CUDA_ERROR_ILLEGAL_INSTRUCTION or a cuDNN execution
-# failure, on two H200s; the calls before it, with no cache, had run the
-# training steps (as of 2921e51). The kernel cache is the likely cause, not
-# yet confirmed on a GPU.
+# openxla/xla#35951); with it, every run died in the discriminator step on
+# two H200s (CUDA_ERROR_ILLEGAL_INSTRUCTION or a cuDNN execution failure).
 AUTOTUNE_CACHE=${AUTOTUNE_CACHE:-/tmp/fit_jax_autotune}
 mkdir -p "$AUTOTUNE_CACHE"
 XLA_FLAGS_GIVEN=${XLA_FLAGS:-}
@@ -125,8 +115,7 @@ LAST_RC=0
 RUN_SUFFIX=""  # names the XLA flags a fallback below added to later runs
 bench bf16 --dtypes bfloat16 --train_variants fused --infer_variants folded
 if [[ $LAST_RC != 0 ]]; then
-  # Once more as the calls that ran (2026-11-26) did, with no cache at all;
-  # the runs after it keep that setting.
+  # Once more with no cache at all; the runs after it keep that setting.
   echo "bf16 failed: again without the autotuning cache" >&2
   export XLA_FLAGS=$XLA_FLAGS_GIVEN
   RUNS="$RUNS bf16_nocache"
@@ -146,15 +135,6 @@ if [[ $LAST_RC != 0 ]]; then
     if [[ $LAST_RC == 0 ]]; then RUN_SUFFIX=_notriton; fi
   fi
   if [[ $LAST_RC != 0 ]]; then
-    # Code or machine? If carried, the code that ran on 2026-11-26 (2921e51:
-    # 532.4 img/s training) runs as a control, then the script stops (the
-    # other runs would fail the same way) and leaves the device time. It
-    # runs as it ran then: no cache, no flags of this script.
-    if [[ -d .control/2921e51/fit_jax ]]; then
-      RUNS="$RUNS control_2921e51"
-      (cd .control/2921e51 && export XLA_FLAGS=$XLA_FLAGS_GIVEN \
-        && bench control_2921e51 --modes train --dtypes bfloat16 --train_variants fused)
-    fi
     echo "stopping: the default failed with and without the cache and Triton GEMMs" >&2
     exit 1
   fi
@@ -163,11 +143,10 @@ fi
 # blocks (48 and 1024 channels at 32x32, 3x3 kernels: the residual
 # convolutions' shapes; same traffic in the static H200 program); the
 # up-convolutions as one low-resolution convolution per layer with the four
-# output phases as channels (static: -2.5 GB in inference, -4.8 GB in
-# training), with 2x2 kernels (phase_2x2: also -9 % inference and -7 %
-# training FLOPs) or 3x3 ones (phase). The 4x4 blocks with phase_2x2 first:
-# the likeliest default. The phase modes alone and 2x2 blocks (16 and 256
-# channels, 4x4 kernels) only when named in RUNS.
+# output phases as channels and 2x2 kernels (phase_2x2; static: -2.5 GB in
+# inference, -4.8 GB in training, -9 % and -7 % FLOPs). The 4x4 blocks with
+# phase_2x2 first: the current entry. Each alone, and 2x2 blocks (16 and 256
+# channels, 4x4 kernels), only when named in RUNS.
 bench bf16_space_to_depth4_phase_2x2 --dtypes bfloat16 --train_variants fused \
   --infer_variants folded --config.model.generator.rgb_conv=space_to_depth \
   --config.model.generator.rgb_block=4 --config.model.generator.upsample=phase_2x2
@@ -180,19 +159,13 @@ bench bf16_space_to_depth4_phase_2x2_border --modes infer --dtypes bfloat16 \
   --infer_variants folded --config.model.generator.rgb_conv=space_to_depth \
   --config.model.generator.rgb_block=4 --config.model.generator.upsample=phase_2x2 \
   --config.model.generator.folded_trunk_padding=border
-# float32, which must stay available (not measured since the first port),
-# with the likeliest default, before the ablations: the time budget may stop
-# the last runs.
+# float32, which must stay available, with the current entry, before the
+# ablations: the time budget may stop the last runs.
 bench f32_space_to_depth4_phase_2x2 --dtypes float32 --train_variants fused \
   --infer_variants folded --config.model.generator.rgb_conv=space_to_depth \
   --config.model.generator.rgb_block=4 --config.model.generator.upsample=phase_2x2
-bench bf16_space_to_depth4_phase --dtypes bfloat16 --train_variants fused --infer_variants folded \
-  --config.model.generator.rgb_conv=space_to_depth --config.model.generator.rgb_block=4 \
-  --config.model.generator.upsample=phase
 bench bf16_space_to_depth4 --dtypes bfloat16 --train_variants fused --infer_variants folded \
   --config.model.generator.rgb_conv=space_to_depth --config.model.generator.rgb_block=4
-bench bf16_phase --dtypes bfloat16 --train_variants fused --infer_variants folded \
-  --config.model.generator.upsample=phase
 bench bf16_phase_2x2 --dtypes bfloat16 --train_variants fused --infer_variants folded \
   --config.model.generator.upsample=phase_2x2
 bench bf16_space_to_depth --dtypes bfloat16 --train_variants fused --infer_variants folded \
@@ -202,16 +175,9 @@ bench bf16_space_to_depth --dtypes bfloat16 --train_variants fused --infer_varia
 bench f32 --dtypes float32 --train_variants fused --infer_variants folded
 bench f32_space_to_depth4 --dtypes float32 --train_variants fused --infer_variants folded \
   --config.model.generator.rgb_conv=space_to_depth --config.model.generator.rgb_block=4
-# 4. Inference A/Bs, only when named in RUNS (seconds each): the RGB
-# convolutions as matmuls, and the upsampling as one transposed convolution
-# (both slower than the default on 2026-11-27).
-bench bf16_matmul_infer --modes infer --dtypes bfloat16 --infer_variants folded \
-  --config.model.generator.rgb_conv=matmul
-bench bf16_transposed_infer --modes infer --dtypes bfloat16 --infer_variants folded \
-  --config.model.generator.upsample=transposed
 echo "done: $(grep -c . "$OUT/results.jsonl") lines in $OUT/results.jsonl" >&2
 # What the lines decide (benchmarks.layout_verdict: generator_layout's rule and
-# issue 7's targets), into the call's output and $OUT/verdict.json. A call
+# the speed targets), into the call's output and $OUT/verdict.json. A call
 # cut off before this line anyway (a call's timeout_s under BUDGET_S + 20):
 # run it on results.jsonl afterwards. A CPU dry
 # run compares with the CPU's entry (VERDICT_PLATFORM=cpu).

@@ -1,14 +1,14 @@
-"""What a GPU session's measurements decide: the GPU's layout entry, and
-whether issue 7's targets are met.
+"""What a GPU's layout measurements decide: the GPU's layout entry, and
+whether the speed targets are met.
 
   python -m benchmarks.layout_verdict results.jsonl [platform]   # one JSON object
 
 (platform: whose BY_PLATFORM entry is the baseline; gpu unless a CPU dry
 run of the script is read.)
 
-Reads the lines benchmarks/gpu_session.sh writes (benchmarks.benchmark's JSON,
+Reads the lines benchmarks/gpu_layouts.sh writes (benchmarks.benchmark's JSON,
 each with its run's name; a failed run's {"run", "rc", "error"}) and applies
-the rule generator_layout states, so that a session with a GPU acts on its
+the rule generator_layout states, so that whoever holds a GPU acts on its
 figures without re-deriving them by hand:
 - The baseline is the first bfloat16 run, timed in both modes, whose layout
   is the current BY_PLATFORM["gpu"] entry.
@@ -18,7 +18,7 @@ figures without re-deriving them by hand:
 - folded_trunk_padding only changes folded inference, so an inference-only
   run that differs from the chosen layout in it alone is judged on
   inference: faster, it joins the entry.
-The targets are issue 7's: bf16 training at batch 48, peak memory at most
+The speed targets: bf16 training at batch 48, peak memory at most
 half the authors' 32.5 GiB, inference at batch 256, float32 still running.
 """
 
@@ -51,7 +51,7 @@ def runs_of(lines: Iterable[str]) -> tuple[dict, dict]:
       raise ValueError(f"line {number}: not JSON ({e.msg})") from e
     name = record.get("run")
     if name is None:
-      raise ValueError(f"line {number}: no 'run' field (not a gpu_session.sh line)")
+      raise ValueError(f"line {number}: no 'run' field (not a gpu_layouts.sh line)")
     if "error" in record:
       failed[name] = record["error"]
       continue
@@ -84,7 +84,7 @@ def verdict(lines: Iterable[str], current: dict | None = None) -> dict:
   """The decision the lines support (see the module docstring).
 
   Raises:
-    ValueError: a line is not a gpu_session.sh record, or no bfloat16 run
+    ValueError: a line is not a gpu_layouts.sh record, or no bfloat16 run
       of the current layout was timed in both modes (nothing to compare to).
   """
   current = dict(current or generator_layout.BY_PLATFORM["gpu"])

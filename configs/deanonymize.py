@@ -21,7 +21,7 @@ def get_config(baseline: str = "blur"):
     # Which baseline's output the generator learns to invert.
     baseline=baseline,
   )
-  config.data.exclude_pairs = "../shared/data/lfw_subset/pairs.txt"
+  config.data.exclude_pairs = f"{lfw_subset.DATA}/lfw_subset/pairs.txt"
   config.data.num_workers = 0
   # The generator's password input is held at zero; the size is kept so the
   # deanonymizer loads with the same code as an identity transformer.

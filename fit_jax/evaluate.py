@@ -1,7 +1,7 @@
 """The paper's section-5 evaluation on LFW pairs: identity removal, recovery,
 multimodality, detector consistency, and the classical baselines.
 
-  python -m fit_jax.evaluate --checkpoint CKPT --data ../shared/data/lfw_subset \
+  python -m fit_jax.evaluate --checkpoint CKPT --data $FIT_DATA/lfw_subset \
       --landmarks data/lfw_subset_landmarks.txt --out REPORT_DIR \
       [--recognizers dlib,facenet] [--baselines blur,noise,mask,superpixel,edge] \
       [--deanonymizers DIR] [--folds 1]

@@ -1,6 +1,6 @@
 """Faces in the wild: detection, the reference's face crop, feathered paste.
 
-The crop follows the reference's LFW_CROP (REFERENCE §9): the MTCNN box is
+The crop follows the reference's LFW_CROP (docs/reference.md §9): the MTCNN box is
 widened to twice its width, made square with that width, centred on the
 box, clipped to the image, and resized to the model's 128x128. After the
 transform, the crop is resized back and pasted with a feathered mask (full

@@ -4,7 +4,7 @@ pairs.txt: a header `10 300` (folds, same pairs per fold), then per fold 300
 lines `name i j` (same person) and 300 lines `name1 i name2 j` (different
 people). A `pairs_covered.tsv` (fold, name1, idx1, name2, idx2, same) is read
 too. Pairs whose images are not in the folder or have no landmarks are left
-out and counted, since subsets of LFW (like ../shared/data/lfw_subset)
+out and counted, since subsets of LFW (like the lfw_subset folder)
 cover only some folds.
 """
 

@@ -1,4 +1,4 @@
-"""Pure loss functions of the face identity transformer (REFERENCE §5, §7).
+"""Pure loss functions of the face identity transformer (docs/reference.md §5, §7).
 
 Every function takes arrays and returns a float32 scalar; weights are applied
 by the update steps in `train.py`, from `config.loss`.

@@ -1,4 +1,4 @@
-"""Password scheme (REFERENCE §2): sampling, encoding, inverses, user forms.
+"""Password scheme (docs/reference.md §2): sampling, encoding, inverses, user forms.
 
 A password is N bits (MSB first; default 16, any multiple of 4). The
 generator sees it encoded as `scale * (bit - 0.5)` ({-0.5, +0.5} as the

@@ -1,4 +1,4 @@
-"""The two update steps of one training iteration (REFERENCE §7, §8).
+"""The two update steps of one training iteration (docs/reference.md §7, §8).
 
 Order, and how it relates to the original: the original runs G forward five
 times, then the D step on those (detached) images, then the G step, whose

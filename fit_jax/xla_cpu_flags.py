@@ -3,7 +3,7 @@
 jaxlib 0.10 and 0.11 hand CPU convolutions (and dots, reductions and
 elementwise fusions) to YNNPACK by default. For this model's convolutions
 that is far slower than XLA's own kernels. Measured on 2 cores
-(benchmarks/README.md, tenth session), float32:
+(docs/performance.md), float32:
   * paper-size generator inference at batch 16: 2.3 img/s with YNNPACK
     convolutions, 7.6 without;
   * a demo-config training iteration at batch 8: 5.3-5.9 img/s with them,

@@ -1,5 +1,5 @@
-"""benchmarks/gpu_session.sh's fallbacks: a GPU call has one try, so the path
-it takes after a crash is tested here, with a stand-in `python3` that records
+"""benchmarks/gpu_layouts.sh's fallbacks: a GPU is lent for a fixed time, so the
+path the script takes after a crash is tested here, with a stand-in `python3` that records
 each benchmark run and fails the ones a test chooses (the benchmark itself is
 tested in benchmark_test.py; the script's own dry run is in benchmarks/README)."""
 
@@ -38,12 +38,10 @@ echo '{"mode": "train_iteration", "images_per_s": 1.0}'
 """
 
 
-def _run_script(tmp_path, fail_unless_flag, runs, with_control=True, **env_extra):
+def _run_script(tmp_path, fail_unless_flag, runs, **env_extra):
   work = tmp_path / "repo"
   (work / "benchmarks").mkdir(parents=True)  # parents: tmp_path may be a new subfolder
-  shutil.copy(ROOT / "benchmarks" / "gpu_session.sh", work / "benchmarks")
-  if with_control:
-    (work / ".control" / "2921e51" / "fit_jax").mkdir(parents=True)
+  shutil.copy(ROOT / "benchmarks" / "gpu_layouts.sh", work / "benchmarks")
   bin_dir = tmp_path / "bin"
   bin_dir.mkdir()
   fake = bin_dir / "python3"
@@ -54,7 +52,7 @@ def _run_script(tmp_path, fail_unless_flag, runs, with_control=True, **env_extra
              CALLS=str(calls), REAL_PYTHON=sys.executable, FAIL_UNLESS_FLAG=fail_unless_flag, RUNS=runs,
              PROFILE_RUN="", AUTOTUNE_CACHE=str(tmp_path / "autotune"),
              PROFILES=str(tmp_path / "profiles"), XLA_FLAGS="--given_flag", **env_extra)
-  done = subprocess.run(["bash", "benchmarks/gpu_session.sh"], cwd=work, env=env,
+  done = subprocess.run(["bash", "benchmarks/gpu_layouts.sh"], cwd=work, env=env,
                         capture_output=True, text=True, timeout=60)
   results = [json.loads(line) for line in
              (out / "results.jsonl").read_text().splitlines()]
@@ -82,22 +80,13 @@ def test_runs_after_the_triton_fallback_keep_its_flag_and_say_so(tmp_path):
   # No cache from the retry on; the given flags are kept throughout.
   assert all("autotune_cache_dir" not in f and "--given_flag" in f for f in flags[1:])
   assert all("triton_gemm=false" in f for f in flags[2:])
-  assert not any(cwd.name == "2921e51" for cwd, _ in calls)  # no control needed
 
 
-def test_when_every_try_fails_the_control_runs_as_it_once_did_and_the_script_stops(tmp_path):
-  done, results, calls = _run_script(tmp_path, "never", "bf16 bf16_space_to_depth4")
-  assert done.returncode == 1
-  assert [r["run"] for r in results] == [
-    "bf16", "bf16_nocache", "bf16_notriton", "control_2921e51"]
-  assert all(r["rc"] == 3 for r in results)
-  control_cwd, control_flags = calls[-1]
-  assert control_cwd.name == "2921e51"
-  assert control_flags == "--given_flag"  # none of the script's own flags
-  # Without a carried control the script still stops after the third try.
-  done, results, _ = _run_script(tmp_path / "bare", "never", "bf16", with_control=False)
+def test_when_every_try_fails_the_script_stops(tmp_path):
+  done, results, _ = _run_script(tmp_path, "never", "bf16 bf16_space_to_depth4")
   assert done.returncode == 1
   assert [r["run"] for r in results] == ["bf16", "bf16_nocache", "bf16_notriton"]
+  assert all(r["rc"] == 3 for r in results)
 
 
 def test_the_script_ends_with_the_verdict_of_its_lines(tmp_path):
@@ -126,13 +115,13 @@ def test_the_time_budget_stops_a_run_skips_the_rest_and_keeps_the_verdict(tmp_pa
 
   gpu = generator_layout.BY_PLATFORM["gpu"]
   done, results, _ = _run_script(
-    tmp_path, "", "bf16 bf16_space_to_depth4 bf16_phase", FAKE_LAYOUT=json.dumps(gpu),
+    tmp_path, "", "bf16 bf16_space_to_depth4 bf16_phase_2x2", FAKE_LAYOUT=json.dumps(gpu),
     PYTHONPATH=str(ROOT), HANG_IF="rgb_block=4", BUDGET_S="6", MIN_RUN_S="2")
   assert done.returncode == 0, done.stderr
   assert [(r["run"], r.get("rc")) for r in results] == [
-    ("bf16", None), ("bf16", None), ("bf16_space_to_depth4", 124), ("bf16_phase", 124)]
+    ("bf16", None), ("bf16", None), ("bf16_space_to_depth4", 124), ("bf16_phase_2x2", 124)]
   assert results[2]["error"].startswith("stopped at BUDGET_S=6 s")
   assert results[3]["error"].startswith("not started:")
   verdict = json.loads((tmp_path / "out" / "verdict.json").read_text())
   assert verdict["baseline"] == "bf16"
-  assert sorted(verdict["failed"]) == ["bf16_phase", "bf16_space_to_depth4"]
+  assert sorted(verdict["failed"]) == ["bf16_phase_2x2", "bf16_space_to_depth4"]

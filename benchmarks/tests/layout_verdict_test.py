@@ -18,7 +18,7 @@ PHASE = dict(CURRENT, upsample="phase")
 
 
 def _lines(run, layout, train=None, infer=None, dtype="bfloat16", peak_gib=11.0):
-  """The JSON lines gpu_session.sh writes for one run (benchmark.py's fields)."""
+  """The JSON lines gpu_layouts.sh writes for one run (benchmark.py's fields)."""
   common = {"run": run, "dtype": dtype, "layout": layout, "device": "NVIDIA H200"}
   lines = []
   if train is not None:
