@@ -16,6 +16,7 @@ so a single reading thread would starve a multi-GPU host.
 from collections.abc import Iterator
 
 import numpy as np
+from absl import logging
 
 Batch = dict[str, np.ndarray]
 
@@ -54,6 +55,10 @@ class TrainBatches:
     if num_workers < 0:
       raise ValueError(f"config.data.num_workers={num_workers}: use 0 or more threads")
     self._build = _BatchOfStep(source, batch_size, shard)
+    index, count = shard
+    logging.info("process %d of %d reads rows [%d, %d) of each global batch of %d",
+                 index, count, index * batch_size // count, (index + 1) * batch_size // count,
+                 batch_size)
     self._first, self._end = first_step, max(first_step, num_steps)
     self._num_workers = num_workers
     self._prefetch = max(1, prefetch)

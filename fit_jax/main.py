@@ -55,12 +55,12 @@ def main(argv):
 
   workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
   logging.info("JAX devices: %s", jax.devices())
-  from fit_jax import input_pipeline  # noqa: PLC0415
+  from fit_jax import checkpoints, input_pipeline  # noqa: PLC0415
 
   preempt = preemption.Preemption()
   try:
     state = train.train_and_evaluate(_CONFIG.value, workdir, preempt)
-  except (input_pipeline.BadRecordError, train.CheckpointMismatchError, FileNotFoundError) as e:
+  except (input_pipeline.BadRecordError, checkpoints.CheckpointMismatchError, FileNotFoundError) as e:
     # The data or the workdir, named in one line (a traceback would bury it).
     sys.exit(f"fit_jax.main: {e}")
   if jax.process_index() > 0:

@@ -9,6 +9,7 @@ JAX_PROCESS_ID; JAX itself reads only the first, so they are passed on.
 import os
 
 import jax
+import numpy as np
 
 ENVIRONMENT = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 
@@ -43,3 +44,21 @@ def initialize(environ=os.environ) -> None:
   # TPUs have their own); it must be chosen before the backend starts.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(**arguments)
+
+
+def agree(flag: bool) -> bool:
+  """Process 0's flag on every process (a decision all must take together)."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils  # noqa: PLC0415
+
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+
+
+def gather(tree):
+  """Host numpy copies of (possibly multi-process) sharded arrays."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils  # noqa: PLC0415
+
+  return multihost_utils.process_allgather(tree, tiled=True)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from configs import lfw_subset, tiny
-from fit_jax import input_pipeline, train
+from fit_jax import batches, input_pipeline, train
 
 from .conftest import SHARED
 
@@ -115,7 +115,7 @@ def test_batches_are_a_pure_function_of_step(folder, tmp_path):
   full = a.batch(5, 4)
   half = a.batch(5, 4, shard=(1, 2))
   np.testing.assert_array_equal(half["image"], full["image"][2:])
-  train.check_batch(full, tiny.get_config(), num_devices=4)
+  batches.check_batch(full, tiny.get_config(), num_devices=4)
 
 
 def test_landmark_file_of_the_lfw_subset_is_committed_and_complete():

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from configs import tiny
-from fit_jax import input_pipeline, train
+from fit_jax import batches, input_pipeline, run_records, train
 from fit_jax.models import generator_layout
 
 
@@ -47,15 +47,15 @@ def test_train_writes_outputs_and_resumes(tmp_path):
 
 def test_non_finite_values_name_steps_group_and_term():
   with pytest.raises(FloatingPointError, match=r"in step 7, generator group .*: g/fr_anon \(checkpoints up to step 6 "):
-    train._check_finite({"g/fr_anon": float("nan"), "g/loss": 1.0}, 7, 7)
+    run_records.check_finite({"g/fr_anon": float("nan"), "g/loss": 1.0}, 7, 7)
   # Norms are watched like losses; the window's step range and both groups
   # are named.
   with pytest.raises(FloatingPointError, match=(
       r"in steps 11-20, discriminator group \(D and the recognizer\) and generator group "
       r"\(G and the password head\): d/param_norm, g/grad_norm")):
-    train._check_finite({"g/grad_norm": float("inf"), "d/param_norm": float("nan"),
+    run_records.check_finite({"g/grad_norm": float("inf"), "d/param_norm": float("nan"),
                          "d/loss": 0.5}, 11, 20)
-  train._check_finite({"g/loss": 1.0, "d/grad_norm": 3.0}, 1, 5)
+  run_records.check_finite({"g/loss": 1.0, "d/grad_norm": 3.0}, 1, 5)
 
 
 def test_synthetic_faces_are_deterministic_and_valid():
@@ -72,11 +72,11 @@ def test_synthetic_faces_are_deterministic_and_valid():
   assert (lm[:, 0, 0] < lm[:, 1, 0]).all()
   assert (lm[:, 2, 1] > lm[:, :2, 1].max(axis=1)).all()
   assert (lm[:, 3:, 1].min(axis=1) > lm[:, 2, 1]).all()
-  train.check_batch(a, tiny.get_config(), num_devices=4)
+  batches.check_batch(a, tiny.get_config(), num_devices=4)
 
 
 def test_skipped_records_are_named_in_the_workdir(tmp_path):
-  train.write_skipped(str(tmp_path), {"b/2.jpg": "b/2.jpg: file not found",
+  run_records.write_skipped(str(tmp_path), {"b/2.jpg": "b/2.jpg: file not found",
                                       "a/1.jpg": "a/1.jpg: unreadable image (OSError)"})
   assert (tmp_path / "skipped_records.txt").read_text().splitlines() == [
     "a/1.jpg\ta/1.jpg: unreadable image (OSError)", "b/2.jpg\tb/2.jpg: file not found"]
@@ -87,7 +87,7 @@ def test_sample_grid_labels_its_columns():
   images = {k: rng.uniform(-1, 1, (3, 64, 64, 3)).astype(np.float32)
             for k in ("anon", "anon2", "wrong", "recon")}
   original = rng.uniform(-1, 1, (3, 64, 64, 3)).astype(np.float32)
-  grid = train.sample_grid(images, original)
+  grid = run_records.sample_grid(images, original)
   assert grid.shape == (12 + 3 * 64, 5 * 64, 3) and grid.dtype == np.uint8
   # Rows below the strip are the images, column by column.
   np.testing.assert_array_equal(grid[12:12 + 64, 64:128],
@@ -95,4 +95,4 @@ def test_sample_grid_labels_its_columns():
   # Each column's label is drawn in its own 64 px of the white strip.
   strip = grid[:12].min(axis=(0, 2))
   for column in range(5):
-    assert strip[column * 64:(column + 1) * 64].min() < 128, train.GRID_COLUMNS[column]
+    assert strip[column * 64:(column + 1) * 64].min() < 128, run_records.GRID_COLUMNS[column]

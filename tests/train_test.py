@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from fit_jax import batches, train, train_state
+from fit_jax import batches, pools, train, train_state
 from fit_jax import models as models_lib
 
 
@@ -158,13 +158,13 @@ def test_pool_semantics():
   size = 3
   pool = {"images": jnp.zeros((size, 2, 2, 3)), "count": jnp.int32(0)}
   images = jnp.arange(1.0, 6.0)[:, None, None, None] * jnp.ones((5, 2, 2, 3))
-  pool, out = train.query_pool(pool, images[:2], jax.random.PRNGKey(0), 2)
+  pool, out = pools.query_pool(pool, images[:2], jax.random.PRNGKey(0), 2)
   # Not full: stored and returned unchanged.
   np.testing.assert_array_equal(out[:, 0, 0, 0], [1.0, 2.0])
   assert int(pool["count"]) == 2
   seen_old = False
   for seed in range(20):
-    p, out = train.query_pool(pool, images[2:], jax.random.PRNGKey(seed), 3)
+    p, out = pools.query_pool(pool, images[2:], jax.random.PRNGKey(seed), 3)
     values = np.asarray(out[:, 0, 0, 0])
     stored = np.asarray(p["images"][:, 0, 0, 0])
     assert int(p["count"]) == 3
@@ -177,7 +177,7 @@ def test_pool_semantics():
     assert sorted(set(stored)) == sorted(set(stored) & {1.0, 2.0, 3.0, 4.0, 5.0})
   assert seen_old  # with p=1/2 per image, 20 seeds swap at least once
   # Subsampling keeps order and count.
-  _, out = train.query_pool({"images": jnp.zeros((0, 2, 2, 3)), "count": jnp.int32(0)},
+  _, out = pools.query_pool({"images": jnp.zeros((0, 2, 2, 3)), "count": jnp.int32(0)},
                             images, jax.random.PRNGKey(1), 3)
   values = np.asarray(out[:, 0, 0, 0])
   assert len(values) == 3 and list(values) == sorted(values)
@@ -207,9 +207,9 @@ def test_vectorized_pool_is_the_image_by_image_rule():
     stored = rng.normal(size=(size, 2, 2, 3)).astype(np.float32)
     images = rng.normal(size=(n, 2, 2, 3)).astype(np.float32)
     key = jax.random.PRNGKey(trial)
-    pool, out = train.query_pool(
+    pool, out = pools.query_pool(
       {"images": jnp.asarray(stored), "count": jnp.int32(count)}, jnp.asarray(images), key, n)
-    swap, idx = train.pool_draws(jax.random.split(key)[0], n, size)
+    swap, idx = pools.pool_draws(jax.random.split(key)[0], n, size)
     want_stored, want_count, want_out = _pool_one_by_one(
       stored, count, images, np.asarray(swap), np.asarray(idx))
     np.testing.assert_array_equal(pool["images"], want_stored)
@@ -249,7 +249,7 @@ def test_bad_batches_get_one_clear_error(change, message):
   batch = batches.random_batch(config, 8)
   change(batch)
   with pytest.raises(ValueError, match=message):
-    train.check_batch(batch, config, num_devices=8)
+    batches.check_batch(batch, config, num_devices=8)
 
 
 def test_wrong_password_length_is_clear():
