@@ -19,6 +19,8 @@ demo: .venv/done
 	$(PY) -m fit_jax.main --config configs/demo.py --workdir $(WORKDIR)
 
 test: .venv/done
-	$(PY) -m pytest -n 2 -q
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m pytest -n 2 --dist loadfile -q
 
 .PHONY: setup demo test

@@ -43,9 +43,10 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from benchmarks import flop_count, profile_summary
-from fit_jax import batches, inference, train, train_state
 from fit_jax import models as models_lib
+from fit_jax.deploy import inference
 from fit_jax.models import generator_layout
+from fit_jax.training import batches, train, train_state
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", "configs/default.py", "Experiment config.", lock_config=False
@@ -66,8 +67,9 @@ _PROFILE_DIR = flags.DEFINE_string(
 )
 _PROFILE_CALLS = flags.DEFINE_integer("profile_calls", 2, "Calls traced per profile.")
 _INPUT_WORKERS = flags.DEFINE_string(
-  "input_workers", "", "Comma-separated batch_loader thread counts for --modes input; "
-  "empty: config.data.num_workers."
+  "input_workers",
+  "",
+  "Comma-separated batch_loader thread counts for --modes input; empty: config.data.num_workers.",
 )
 
 
@@ -85,16 +87,21 @@ def _by_network(counts: dict[str, float], images: int) -> dict[str, dict[str, fl
     scope, backward = profile_summary.scope_of(stack + "/op")
     direction = networks.setdefault(scope.split("/")[0], {"forward": 0.0, "backward": 0.0})
     direction["backward" if backward else "forward"] += flops / images / 1e9
-  return {k: {d: round(v, 2) for d, v in dirs.items()} for k, dirs in sorted(
-    networks.items(), key=lambda item: -sum(item[1].values())) if sum(dirs.values()) >= 0.01}
+  return {
+    k: {d: round(v, 2) for d, v in dirs.items()}
+    for k, dirs in sorted(networks.items(), key=lambda item: -sum(item[1].values()))
+    if sum(dirs.values()) >= 0.01
+  }
 
 
 def _rates(flops: float, seconds: float, dtype: str, devices: int) -> dict:
   """Achieved TFLOP/s (all devices) and, on devices of known peak, the MFU."""
   peak = flop_count.peak_flops(jax.devices()[0].device_kind, dtype)
   achieved = flops / seconds
-  return {"tflops_achieved": achieved / 1e12,
-          "mfu": round(achieved / (peak * devices), 4) if peak else None}
+  return {
+    "tflops_achieved": achieved / 1e12,
+    "mfu": round(achieved / (peak * devices), 4) if peak else None,
+  }
 
 
 def _executed_over_model(per_device: float, model: float, devices: int) -> float:
@@ -183,17 +190,25 @@ def bench_train(config, batch_size: int, iters: int, variant: str = "fused") -> 
     state, _ = steps(state, batch, key)
     return state
 
-  profile = _profile(f"train_{config.model.dtype}_{variant}_b{batch_size}", iteration,
-                     [g_compiled.as_text(), d_compiled.as_text()])
+  profile = _profile(
+    f"train_{config.model.dtype}_{variant}_b{batch_size}",
+    iteration,
+    [g_compiled.as_text(), d_compiled.as_text()],
+  )
   return {
-    "mode": "train_iteration", "variant": variant, "batch": batch_size,
-    "images_per_s": batch_size / seconds, "seconds": seconds,
-    "compile_s": compile_s, "gflop_per_iter": flops / 1e9,
+    "mode": "train_iteration",
+    "variant": variant,
+    "batch": batch_size,
+    "images_per_s": batch_size / seconds,
+    "seconds": seconds,
+    "compile_s": compile_s,
+    "gflop_per_iter": flops / 1e9,
     "xla_gflop_per_iter": xla_flops / 1e9,
     **_rates(flops, seconds, config.model.dtype, mesh.size),
     "gflop_per_image_by_network": _by_network(counts, batch_size),
     "executed_over_model": _executed_over_model(executed, flops, mesh.size),
-    "finite_loss": bool(np.isfinite(loss)), "profile": profile,
+    "finite_loss": bool(np.isfinite(loss)),
+    "profile": profile,
     "layout": generator_layout.of(models.generator),
   }
 
@@ -205,9 +220,7 @@ def bench_infer(config, batch_size: int, iters: int, variant: str = "folded") ->
   n = config.model.password_bits
   rng = np.random.default_rng(1)
   variables = jax.jit(
-    lambda k: models.generator.init(
-      k, jnp.zeros((2, size, size, 3)), jnp.zeros((2, n)), train=True
-    )
+    lambda k: models.generator.init(k, jnp.zeros((2, size, size, 3)), jnp.zeros((2, n)), train=True)
   )(jax.random.PRNGKey(0))
   images = jnp.asarray(rng.uniform(-1, 1, (batch_size, size, size, 3)), jnp.float32)
   password = jnp.asarray(rng.integers(0, 2, (batch_size, n)) - 0.5, jnp.float32)
@@ -229,14 +242,22 @@ def bench_infer(config, batch_size: int, iters: int, variant: str = "folded") ->
     out = compiled(variables, images, password)
   jax.block_until_ready(out)
   seconds = (time.perf_counter() - t0) / iters
-  profile = _profile(f"infer_{config.model.dtype}_{variant}_b{batch_size}",
-                     lambda: compiled(variables, images, password), [compiled.as_text()])
+  profile = _profile(
+    f"infer_{config.model.dtype}_{variant}_b{batch_size}",
+    lambda: compiled(variables, images, password),
+    [compiled.as_text()],
+  )
   return {
     "profile": profile,
-    "mode": "generator_inference", "variant": variant, "batch": batch_size,
-    "images_per_s": batch_size / seconds, "seconds": seconds,
-    "compile_s": compile_s, "gflop_per_call": flops / 1e9,
-    "xla_gflop_per_call": xla_flops / 1e9, **_rates(flops, seconds, config.model.dtype, 1),
+    "mode": "generator_inference",
+    "variant": variant,
+    "batch": batch_size,
+    "images_per_s": batch_size / seconds,
+    "seconds": seconds,
+    "compile_s": compile_s,
+    "gflop_per_call": flops / 1e9,
+    "xla_gflop_per_call": xla_flops / 1e9,
+    **_rates(flops, seconds, config.model.dtype, 1),
     "executed_over_model": _executed_over_model(executed, flops, 1),  # one device
     "finite_output": bool(jnp.all(jnp.isfinite(out))),
     "layout": generator_layout.of(models.generator),
@@ -246,11 +267,12 @@ def bench_infer(config, batch_size: int, iters: int, variant: str = "folded") ->
 def bench_input(config, batch_size: int, iters: int, num_workers: int) -> dict:
   """Host images/s of the configured source through batch_loader."""
   # grain only here: the device measurements run where grain is not installed.
-  from fit_jax import batch_loader, input_pipeline  # noqa: PLC0415
+  from fit_jax.data import batch_loader, input_pipeline  # noqa: PLC0415
 
   source = input_pipeline.build_source(config)
-  batches = iter(batch_loader.TrainBatches(source, 0, iters + 1, batch_size,
-                                           num_workers=num_workers))
+  batches = iter(
+    batch_loader.TrainBatches(source, 0, iters + 1, batch_size, num_workers=num_workers)
+  )
   t0 = time.perf_counter()
   next(batches)  # the first batch pays for starting the workers
   first_s = time.perf_counter() - t0
@@ -258,9 +280,14 @@ def bench_input(config, batch_size: int, iters: int, num_workers: int) -> dict:
   count = sum(1 for _ in batches)
   seconds = (time.perf_counter() - t0) / count
   return {
-    "mode": "input", "source": config.data.source, "image_size": config.data.image_size,
-    "num_workers": num_workers, "batch": batch_size, "images_per_s": batch_size / seconds,
-    "seconds": seconds, "first_batch_s": first_s,
+    "mode": "input",
+    "source": config.data.source,
+    "image_size": config.data.image_size,
+    "num_workers": num_workers,
+    "batch": batch_size,
+    "images_per_s": batch_size / seconds,
+    "seconds": seconds,
+    "first_batch_s": first_s,
   }
 
 
@@ -279,17 +306,27 @@ def main(argv):
     config.model.dtype = dtype
     jobs = []
     if "train" in _MODES.value:
-      jobs += [(bench_train, int(b), v) for b in _TRAIN_BATCH.value.split(",") if b
-               for v in _TRAIN_VARIANTS.value.split(",")]
+      jobs += [
+        (bench_train, int(b), v)
+        for b in _TRAIN_BATCH.value.split(",")
+        if b
+        for v in _TRAIN_VARIANTS.value.split(",")
+      ]
     if "infer" in _MODES.value:
-      jobs += [(bench_infer, int(b), v) for b in _INFER_BATCH.value.split(",") if b
-               for v in _INFER_VARIANTS.value.split(",")]
+      jobs += [
+        (bench_infer, int(b), v)
+        for b in _INFER_BATCH.value.split(",")
+        if b
+        for v in _INFER_VARIANTS.value.split(",")
+      ]
     for fn, batch, variant in jobs:
       result = fn(config, batch, _ITERS.value, variant)
       profile = result.pop("profile")
       result.update(
-        dtype=dtype, device=jax.devices()[0].device_kind,
-        num_devices=jax.device_count(), peak_memory_bytes=_peak_memory(),
+        dtype=dtype,
+        device=jax.devices()[0].device_kind,
+        num_devices=jax.device_count(),
+        peak_memory_bytes=_peak_memory(),
         jax=jax.__version__,
       )
       print(json.dumps(result), flush=True)

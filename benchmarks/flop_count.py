@@ -41,6 +41,7 @@ from benchmarks.hlo import Shape
 @dataclasses.dataclass(frozen=True)
 class ConvGeometry:
   """A convolution as XLA sees it, with dims given as in jax's ConvDimensionNumbers."""
+
   lhs: Shape
   rhs: Shape
   out: Shape
@@ -53,8 +54,7 @@ class ConvGeometry:
   rhs_dilation: tuple[int, ...]
 
 
-def _real_taps(n: int, m: int, k: int, stride: int, pad_lo: int, lhs_dil: int,
-               rhs_dil: int) -> int:
+def _real_taps(n: int, m: int, k: int, stride: int, pad_lo: int, lhs_dil: int, rhs_dil: int) -> int:
   """(output, tap) pairs of one spatial dim whose tap reads a real input element."""
   last = (n - 1) * lhs_dil
   count = 0
@@ -69,9 +69,15 @@ def conv_flops(g: ConvGeometry) -> float:
   """2 x the multiply-adds of real input elements with kernel taps."""
   taps = 1
   for d in range(len(g.lhs_spec) - 2):
-    taps *= _real_taps(g.lhs[g.lhs_spec[2 + d]], g.out[g.out_spec[2 + d]],
-                       g.rhs[g.rhs_spec[2 + d]], g.strides[d], g.padding[d][0],
-                       g.lhs_dilation[d], g.rhs_dilation[d])
+    taps *= _real_taps(
+      g.lhs[g.lhs_spec[2 + d]],
+      g.out[g.out_spec[2 + d]],
+      g.rhs[g.rhs_spec[2 + d]],
+      g.strides[d],
+      g.padding[d][0],
+      g.lhs_dilation[d],
+      g.rhs_dilation[d],
+    )
   per_tap = g.out[g.out_spec[0]] * g.out[g.out_spec[1]] * g.rhs[g.rhs_spec[1]]
   return 2.0 * per_tap * taps
 
@@ -98,15 +104,25 @@ def _walk(jaxpr, prefix: str, counts: collections.Counter) -> None:
       p = eqn.params
       numbers = p["dimension_numbers"]
       spatial = len(numbers.lhs_spec) - 2
-      counts[stack] += conv_flops(ConvGeometry(
-        eqn.invars[0].aval.shape, eqn.invars[1].aval.shape, eqn.outvars[0].aval.shape,
-        tuple(numbers.lhs_spec), tuple(numbers.rhs_spec), tuple(numbers.out_spec),
-        tuple(p["window_strides"]), tuple(tuple(q) for q in p["padding"]),
-        tuple(p["lhs_dilation"] or (1,) * spatial), tuple(p["rhs_dilation"] or (1,) * spatial)))
+      counts[stack] += conv_flops(
+        ConvGeometry(
+          eqn.invars[0].aval.shape,
+          eqn.invars[1].aval.shape,
+          eqn.outvars[0].aval.shape,
+          tuple(numbers.lhs_spec),
+          tuple(numbers.rhs_spec),
+          tuple(numbers.out_spec),
+          tuple(p["window_strides"]),
+          tuple(tuple(q) for q in p["padding"]),
+          tuple(p["lhs_dilation"] or (1,) * spatial),
+          tuple(p["rhs_dilation"] or (1,) * spatial),
+        )
+      )
     elif name == "dot_general":
       (lhs_contracting, _), _ = eqn.params["dimension_numbers"]
-      counts[stack] += _dot_flops(eqn.outvars[0].aval.shape, eqn.invars[0].aval.shape,
-                                  lhs_contracting)
+      counts[stack] += _dot_flops(
+        eqn.outvars[0].aval.shape, eqn.invars[0].aval.shape, lhs_contracting
+      )
     elif name == "cond":
       # One branch runs; count the most expensive.
       branches = []
@@ -157,16 +173,21 @@ def _window(line: str, spatial: int) -> tuple:
   fields = dict(f.split("=", 1) for f in match.group(1).split()) if match else {}
 
   def ints(name: str, default: int) -> tuple[int, ...]:
-    return tuple(int(v) for v in fields[name].split("x")) if name in fields else (
-      (default,) * spatial)
+    return (
+      tuple(int(v) for v in fields[name].split("x")) if name in fields else ((default,) * spatial)
+    )
 
-  pads = tuple(tuple(int(v) for v in re.findall(r"-?\d+", p))
-               for p in fields["pad"].split("x")) if "pad" in fields else ((0, 0),) * spatial
+  pads = (
+    tuple(tuple(int(v) for v in re.findall(r"-?\d+", p)) for p in fields["pad"].split("x"))
+    if "pad" in fields
+    else ((0, 0),) * spatial
+  )
   return ints("stride", 1), pads, ints("lhs_dilate", 1), ints("rhs_dilate", 1)
 
 
-def _instruction_flops(opcode: str, target: str, out: Shape, operands: list[Shape | None],
-                       line: str) -> float:
+def _instruction_flops(
+  opcode: str, target: str, out: Shape, operands: list[Shape | None], line: str
+) -> float:
   labels = _DIM_LABELS.search(line)
   if opcode == "convolution" or (opcode == "custom-call" and "cudnn$conv" in target):
     if labels is None or len(operands) < 2:
@@ -183,9 +204,17 @@ def _instruction_flops(opcode: str, target: str, out: Shape, operands: list[Shap
     if lhs is None or rhs is None:
       return 0.0
     spatial = len(lhs) - 2
-    return conv_flops(ConvGeometry(
-      lhs, rhs, fwd_out, _spec(labels.group(1), "b", "f"), _spec(labels.group(2), "o", "i"),
-      _spec(labels.group(3), "b", "f"), *_window(line, spatial)))
+    return conv_flops(
+      ConvGeometry(
+        lhs,
+        rhs,
+        fwd_out,
+        _spec(labels.group(1), "b", "f"),
+        _spec(labels.group(2), "o", "i"),
+        _spec(labels.group(3), "b", "f"),
+        *_window(line, spatial),
+      )
+    )
   if opcode == "dot" or (opcode == "custom-call" and ("gemm" in target or "matmul" in target)):
     contracting = _LHS_CONTRACTING.search(line) or _JSON_LHS_CONTRACTING.search(line)
     if contracting is None or operands[0] is None:
@@ -202,12 +231,17 @@ def _parse_hlo(text: str) -> tuple[dict[str, float], list[str]]:
   members: dict[str, list[str]] = collections.defaultdict(list)
   for i in instructions:
     members[i.computation].append(i.name)
-  own = {i.name: _instruction_flops(i.opcode, i.target, i.shape or (),
-                                    [inline or shapes.get(n) for n, inline in
-                                     zip(i.operands, i.inline_shapes)], i.line)
-         for i in instructions}
-  calls = {i.name: i.called for i in instructions
-           if i.opcode in ("fusion", "call", "async-start")}
+  own = {
+    i.name: _instruction_flops(
+      i.opcode,
+      i.target,
+      i.shape or (),
+      [inline or shapes.get(n) for n, inline in zip(i.operands, i.inline_shapes)],
+      i.line,
+    )
+    for i in instructions
+  }
+  calls = {i.name: i.called for i in instructions if i.opcode in ("fusion", "call", "async-start")}
 
   def total(name: str, seen: frozenset) -> float:
     flops = own.get(name, 0.0)

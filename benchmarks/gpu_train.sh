@@ -14,7 +14,7 @@
 # The call (the image lacks ml_collections; grain, clu and TensorFlow are
 # not needed by a packed config):
 #   run(command="bash benchmarks/gpu_train.sh", carry=[".gpu_pack", ".whl"], timeout_s=560)
-# Arguments are config overrides; tests/gpu_train_test.py dry-runs this
+# Arguments are config overrides; benchmarks/tests/gpu_train_test.py dry-runs this
 # script on CPU at tiny size with them.
 set -u -o pipefail
 OUT=${OUT:?set OUT to the folder for the results}

@@ -48,8 +48,11 @@ def parse_hlo_module(text: str) -> tuple[list[HloInstruction], str]:
     line = _COMMENT.sub("", raw)  # '/*index=5*/' tags in long signatures
     match = _LINE.match(line)
     if match is None:
-      if line[:1] not in ("", " ", "\t") and line.rstrip().endswith("{") and (
-          not line.startswith("HloModule")):
+      if (
+        line[:1] not in ("", " ", "\t")
+        and line.rstrip().endswith("{")
+        and (not line.startswith("HloModule"))
+      ):
         words = line.split()
         is_entry = words[0] == "ENTRY"
         computation = words[int(is_entry)].lstrip("%")
@@ -58,10 +61,20 @@ def parse_hlo_module(text: str) -> tuple[list[HloInstruction], str]:
     name, result, opcode, rest = match.groups()
     target = _TARGET.search(line)
     operands = _operands(rest)
-    instructions.append(HloInstruction(
-      computation, name, opcode, first_shape(result), result, tuple(n for n, _ in operands),
-      tuple(shape for _, shape in operands), tuple(_CALLS.findall(line)),
-      target.group(1) if target else "", line))
+    instructions.append(
+      HloInstruction(
+        computation,
+        name,
+        opcode,
+        first_shape(result),
+        result,
+        tuple(n for n, _ in operands),
+        tuple(shape for _, shape in operands),
+        tuple(_CALLS.findall(line)),
+        target.group(1) if target else "",
+        line,
+      )
+    )
   return instructions, entry
 
 

@@ -26,23 +26,65 @@ import re
 from benchmarks import flop_count, hlo
 
 _BYTES = {
-  "pred": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "s16": 2, "u16": 2,
-  "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8,
-  "c64": 8, "c128": 16,
+  "pred": 1,
+  "s8": 1,
+  "u8": 1,
+  "f8e4m3fn": 1,
+  "f8e5m2": 1,
+  "s16": 2,
+  "u16": 2,
+  "f16": 2,
+  "bf16": 2,
+  "s32": 4,
+  "u32": 4,
+  "f32": 4,
+  "s64": 8,
+  "u64": 8,
+  "f64": 8,
+  "c64": 8,
+  "c128": 16,
 }
 _ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([\d,]*)\]")
 # Ops that launch no kernel or only name a buffer.
-_FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all",
-         "partition-id", "replica-id"}
+_FREE = {
+  "parameter",
+  "constant",
+  "get-tuple-element",
+  "tuple",
+  "bitcast",
+  "after-all",
+  "partition-id",
+  "replica-id",
+}
 # A fused parameter read only through these ops costs their outputs' bytes.
 _PARTIAL_READS = {"slice", "dynamic-slice", "gather"}
 # Ops that map each input element to the output element at the same index:
 # a slice after them reads only the sliced elements of their inputs (the
 # emitter computes a fusion's values per output element).
 _ELEMENTWISE = {
-  "convert", "bitcast", "reshape", "add", "subtract", "multiply", "divide", "maximum",
-  "minimum", "negate", "abs", "exponential", "log", "sqrt", "rsqrt", "tanh", "select",
-  "compare", "and", "or", "not", "clamp", "power",
+  "convert",
+  "bitcast",
+  "reshape",
+  "add",
+  "subtract",
+  "multiply",
+  "divide",
+  "maximum",
+  "minimum",
+  "negate",
+  "abs",
+  "exponential",
+  "log",
+  "sqrt",
+  "rsqrt",
+  "tanh",
+  "select",
+  "compare",
+  "and",
+  "or",
+  "not",
+  "clamp",
+  "power",
 }
 _TO_APPLY = re.compile(r"to_apply=%?([\w.\-]+)")
 
@@ -173,14 +215,19 @@ def entry_traffic(hlo_text: str) -> list[OpTraffic]:
       if called:  # a command buffer (CUDA graph) or other call: its kernels
         yield from kernels(called.group(1))
       else:
-        yield OpTraffic(op.name, _category(op), flops.get(op.name, 0.0),
-                        sum(operand_reads(op)), written(op))
+        yield OpTraffic(
+          op.name, _category(op), flops.get(op.name, 0.0), sum(operand_reads(op)), written(op)
+        )
 
   return list(kernels(entry))
 
 
-def summarize(hlo_texts: list[str], peak_flops: float | None = None,
-              bandwidth: float | None = None, top: int = 12) -> dict:
+def summarize(
+  hlo_texts: list[str],
+  peak_flops: float | None = None,
+  bandwidth: float | None = None,
+  top: int = 12,
+) -> dict:
   """Totals, per-category totals and the heaviest kernels of the modules.
 
   With the device's peak FLOP/s and memory bandwidth (bytes/s), also the
@@ -206,13 +253,18 @@ def summarize(hlo_texts: list[str], peak_flops: float | None = None,
     "kernels": len(ops),
     "gflop": sum(op.flops for op in ops) / 1e9,
     "gbytes": sum(op.bytes_read + op.bytes_written for op in ops) / 1e9,
-    "gbytes_memory_only_ops": sum(
-      op.bytes_read + op.bytes_written for op in ops if not op.flops) / 1e9,
+    "gbytes_memory_only_ops": sum(op.bytes_read + op.bytes_written for op in ops if not op.flops)
+    / 1e9,
     "by_category": {k: {f: round(v, 3) for f, v in categories[k].items()} for k in order},
     "heaviest": [
-      {"name": op.name, "category": op.category, "gflop": round(op.flops / 1e9, 2),
-       "mbytes": round((op.bytes_read + op.bytes_written) / 1e6, 1)}
-      for op in sorted(ops, key=lambda o: -(o.bytes_read + o.bytes_written))[:top]],
+      {
+        "name": op.name,
+        "category": op.category,
+        "gflop": round(op.flops / 1e9, 2),
+        "mbytes": round((op.bytes_read + op.bytes_written) / 1e6, 1),
+      }
+      for op in sorted(ops, key=lambda o: -(o.bytes_read + o.bytes_written))[:top]
+    ],
   }
   if timed:
     summary["floor_ms"] = sum(floor_ms(op) for op in ops)

@@ -62,12 +62,16 @@ def runs_of(lines: Iterable[str]) -> tuple[dict, dict]:
         raise ValueError(f"line {number} (run {name!r}, {mode}): no {missing} field")
     if mode == "train_iteration" and record["variant"] == "fused":
       peak = record.get("peak_memory_bytes")
-      figures = {"train_images_per_s": record["images_per_s"],
-                 "train_peak_gib": peak / _GIB if peak is not None else None,
-                 "train_finite": record.get("finite_loss", False)}
+      figures = {
+        "train_images_per_s": record["images_per_s"],
+        "train_peak_gib": peak / _GIB if peak is not None else None,
+        "train_finite": record.get("finite_loss", False),
+      }
     elif mode == "generator_inference" and record["variant"] == "folded":
-      figures = {"infer_images_per_s": record["images_per_s"],
-                 "infer_finite": record.get("finite_output", False)}
+      figures = {
+        "infer_images_per_s": record["images_per_s"],
+        "infer_finite": record.get("finite_output", False),
+      }
     else:
       continue  # profiles, other variants
     run = runs.setdefault(name, {"dtype": record["dtype"], "layout": record["layout"]})
@@ -76,8 +80,9 @@ def runs_of(lines: Iterable[str]) -> tuple[dict, dict]:
 
 
 def _timed_in_both(run: dict) -> bool:
-  return (run.get("train_finite", False) and run.get("infer_finite", False)
-          and run["dtype"] == "bfloat16")
+  return (
+    run.get("train_finite", False) and run.get("infer_finite", False) and run["dtype"] == "bfloat16"
+  )
 
 
 def verdict(lines: Iterable[str], current: dict | None = None) -> dict:
@@ -89,30 +94,44 @@ def verdict(lines: Iterable[str], current: dict | None = None) -> dict:
   """
   current = dict(current or generator_layout.BY_PLATFORM["gpu"])
   runs, failed = runs_of(lines)
-  baseline = next((name for name, run in runs.items()
-                   if _timed_in_both(run) and run["layout"] == current), None)
+  baseline = next(
+    (name for name, run in runs.items() if _timed_in_both(run) and run["layout"] == current), None
+  )
   if baseline is None:
-    raise ValueError(f"no bfloat16 run of the current layout {current} was timed in "
-                     f"both modes; runs: {sorted(runs)}, failed: {sorted(failed)}")
+    raise ValueError(
+      f"no bfloat16 run of the current layout {current} was timed in "
+      f"both modes; runs: {sorted(runs)}, failed: {sorted(failed)}"
+    )
   base = runs[baseline]
 
   def speedups(run):
-    return (run["train_images_per_s"] / base["train_images_per_s"],
-            run["infer_images_per_s"] / base["infer_images_per_s"])
+    return (
+      run["train_images_per_s"] / base["train_images_per_s"],
+      run["infer_images_per_s"] / base["infer_images_per_s"],
+    )
 
-  winners = [name for name, run in runs.items()
-             if name != baseline and _timed_in_both(run) and run["layout"] != current
-             and min(speedups(run)) > 1]
+  winners = [
+    name
+    for name, run in runs.items()
+    if name != baseline
+    and _timed_in_both(run)
+    and run["layout"] != current
+    and min(speedups(run)) > 1
+  ]
   chosen = max(winners, key=lambda n: math.prod(speedups(runs[n])), default=baseline)
   entry = dict(runs[chosen]["layout"])
   figures = {k: runs[chosen].get(k) for k in TARGETS}
   figures_from = {"train": chosen, "infer": chosen}
   for name, run in runs.items():
     layout = run["layout"]
-    if (run["dtype"] == "bfloat16" and run.get("infer_finite") and "train_finite" not in run
-        and layout["folded_trunk_padding"] != entry["folded_trunk_padding"]
-        and {**layout, "folded_trunk_padding": entry["folded_trunk_padding"]} == entry
-        and run["infer_images_per_s"] > figures["infer_images_per_s"]):
+    if (
+      run["dtype"] == "bfloat16"
+      and run.get("infer_finite")
+      and "train_finite" not in run
+      and layout["folded_trunk_padding"] != entry["folded_trunk_padding"]
+      and {**layout, "folded_trunk_padding": entry["folded_trunk_padding"]} == entry
+      and run["infer_images_per_s"] > figures["infer_images_per_s"]
+    ):
       entry["folded_trunk_padding"] = layout["folded_trunk_padding"]
       figures["infer_images_per_s"] = run["infer_images_per_s"]
       figures_from["infer"] = name
@@ -132,13 +151,18 @@ def verdict(lines: Iterable[str], current: dict | None = None) -> dict:
     "entry_changes": entry != current,
     "speedup_over_baseline": {
       "train": round(figures["train_images_per_s"] / base["train_images_per_s"], 4),
-      "infer": round(figures["infer_images_per_s"] / base["infer_images_per_s"], 4)},
-    "targets": {name: {"target": f"{sign} {target:g}", "measured": figures[name],
-                       "met": met(name)} for name, (sign, target) in TARGETS.items()},
-    "float32_runs": {name: run.get("train_finite", False) or run.get("infer_finite", False)
-                     for name, run in float32.items()},
-    "all_targets_met": all(met(name) for name in TARGETS) and any(
-      run.get("train_finite") and run.get("infer_finite") for run in float32.values()),
+      "infer": round(figures["infer_images_per_s"] / base["infer_images_per_s"], 4),
+    },
+    "targets": {
+      name: {"target": f"{sign} {target:g}", "measured": figures[name], "met": met(name)}
+      for name, (sign, target) in TARGETS.items()
+    },
+    "float32_runs": {
+      name: run.get("train_finite", False) or run.get("infer_finite", False)
+      for name, run in float32.items()
+    },
+    "all_targets_met": all(met(name) for name in TARGETS)
+    and any(run.get("train_finite") and run.get("infer_finite") for run in float32.values()),
     "runs": runs,
     "failed": failed,
   }
@@ -146,8 +170,7 @@ def verdict(lines: Iterable[str], current: dict | None = None) -> dict:
 
 def main(argv: list[str]) -> int:
   if len(argv) not in (2, 3):
-    print("usage: python -m benchmarks.layout_verdict RESULTS.jsonl [cpu|gpu|tpu]",
-          file=sys.stderr)
+    print("usage: python -m benchmarks.layout_verdict RESULTS.jsonl [cpu|gpu|tpu]", file=sys.stderr)
     return 2
   try:
     platform = generator_layout.platform_family(argv[2] if len(argv) == 3 else "gpu")

@@ -64,14 +64,40 @@ def _category(opcode: str, body_opcodes: set[str], target: str, line: str) -> st
   if any(c in everything for c in _COLLECTIVES):
     return "collective"
   if everything <= set(_LAYOUT) | {"parameter", "fusion", "tuple", "get-tuple-element"} and (
-      everything & set(_LAYOUT)):
+    everything & set(_LAYOUT)
+  ):
     return "layout"
   if opcode == "fusion" and "kind=kInput" in line or "reduce" in everything:
     return "reduction"
-  if opcode in ("fusion", "add", "multiply", "subtract", "divide", "maximum", "select",
-                "convert", "exponential", "rsqrt", "negate", "compare", "pad", "concatenate",
-                "slice", "dynamic-slice", "dynamic-update-slice", "broadcast", "gather",
-                "scatter", "reverse", "iota", "clamp", "minimum", "log", "sqrt", "tanh"):
+  if opcode in (
+    "fusion",
+    "add",
+    "multiply",
+    "subtract",
+    "divide",
+    "maximum",
+    "select",
+    "convert",
+    "exponential",
+    "rsqrt",
+    "negate",
+    "compare",
+    "pad",
+    "concatenate",
+    "slice",
+    "dynamic-slice",
+    "dynamic-update-slice",
+    "broadcast",
+    "gather",
+    "scatter",
+    "reverse",
+    "iota",
+    "clamp",
+    "minimum",
+    "log",
+    "sqrt",
+    "tanh",
+  ):
     return "elementwise"
   return "other"
 
@@ -116,8 +142,13 @@ def parse_hlo(text: str) -> dict[str, HloOp]:
     # A fusion XLA made without metadata is named by what it computes.
     full = op_name or body_op_names.get(called)
     scope, backward = scope_of(full) if full else ("(unnamed)", False)
-    ops[i.name] = HloOp(_category(i.opcode, body, i.target, i.line),
-                        scope, backward, flops.get(i.name, 0.0), traffic.get(i.name, 0))
+    ops[i.name] = HloOp(
+      _category(i.opcode, body, i.target, i.line),
+      scope,
+      backward,
+      flops.get(i.name, 0.0),
+      traffic.get(i.name, 0),
+    )
   return ops
 
 
@@ -125,8 +156,9 @@ def save_hlo(trace_dir: str, hlo_texts: list[str]) -> None:
   """Writes each module's optimised HLO as trace_dir/<module>.hlo.txt.gz."""
   os.makedirs(trace_dir, exist_ok=True)
   for text in hlo_texts:
-    with gzip.open(os.path.join(trace_dir, f"{module_name(text) or 'module'}.hlo.txt.gz"),
-                   "wt") as f:
+    with gzip.open(
+      os.path.join(trace_dir, f"{module_name(text) or 'module'}.hlo.txt.gz"), "wt"
+    ) as f:
       f.write(text)
 
 
@@ -175,8 +207,7 @@ def op_events(trace: dict) -> list[dict]:
     if xla_ops:
       return xla_ops
     return [e for e in on_device if not _DERIVED_LINES.search(line(e))]
-  return [e for e in spans
-          if "hlo_op" in e.get("args", {}) and not e["name"].startswith("end:")]
+  return [e for e in spans if "hlo_op" in e.get("args", {}) and not e["name"].startswith("end:")]
 
 
 def _device(event: dict) -> object:
@@ -257,8 +288,9 @@ def summarize(trace_dir: str, hlo_texts: list[str], calls: int, top: int = 25) -
     if op_flops[name]:
       entry.update(gflop=round(op_flops[name] / 1e9, 3), tflops=tflops(op_flops[name], ms))
     if op_bytes[name]:
-      entry.update(mbytes=round(op_bytes[name] / 1e6, 3),
-                   gbps=round(op_bytes[name] / (ms * per_call) / 1e6, 1))
+      entry.update(
+        mbytes=round(op_bytes[name] / 1e6, 3), gbps=round(op_bytes[name] / (ms * per_call) / 1e6, 1)
+      )
     return entry
 
   return {
@@ -273,7 +305,8 @@ def summarize(trace_dir: str, hlo_texts: list[str], calls: int, top: int = 25) -
     },
     "gflop": round(sum(op_flops.values()) / 1e9, 3),
     "tflops_busy": round(sum(op_flops.values()) / device_busy_ms / 1e9, 3)
-    if device_busy_ms else 0.0,
+    if device_busy_ms
+    else 0.0,
     "tflops_by_category": {k: tflops(v, categories[k]) for k, v in category_flops.items() if v},
     "top_ops": [top_op(k, v) for k, v in per_op.most_common(top)],
   }

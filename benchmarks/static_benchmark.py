@@ -49,17 +49,21 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from benchmarks import benchmark, flop_count, hlo_traffic, tpu_cost  # noqa: E402
-from fit_jax import batches, inference, train, train_state  # noqa: E402
 from fit_jax import models as models_lib  # noqa: E402
+from fit_jax.deploy import inference  # noqa: E402
 from fit_jax.models import generator_layout  # noqa: E402
+from fit_jax.training import batches, train, train_state  # noqa: E402
 
 _TARGET = flags.DEFINE_string(
-  "target", "", "GpuTargetConfigProto text file of the GPU to compile for; "
-  "empty: this machine's first device."
+  "target",
+  "",
+  "GpuTargetConfigProto text file of the GPU to compile for; empty: this machine's first device.",
 )
 _TPU_TOPOLOGY = flags.DEFINE_string(
-  "tpu_topology", "", "TPU slice to compile for, as JAX names it (v5e:2x2, "
-  "v5p:2x2x1, v4:2x2x1); needs libtpu. Excludes --target."
+  "tpu_topology",
+  "",
+  "TPU slice to compile for, as JAX names it (v5e:2x2, "
+  "v5p:2x2x1, v4:2x2x1); needs libtpu. Excludes --target.",
 )
 
 
@@ -72,8 +76,10 @@ def tpu_devices(name: str) -> list:
   except Exception as e:  # libtpu's own errors name the bad field
     first = str(e).splitlines()[0] if str(e) else type(e).__name__
     if "support not installed" in first:
-      raise ValueError(f"--tpu_topology {name}: compiling for a TPU needs libtpu "
-                       f"(pip install 'jax[tpu]=={jax.__version__}')") from e
+      raise ValueError(
+        f"--tpu_topology {name}: compiling for a TPU needs libtpu "
+        f"(pip install 'jax[tpu]=={jax.__version__}')"
+      ) from e
     raise ValueError(f"--tpu_topology {name}: {first}") from e
   return list(topology.devices)
 
@@ -88,12 +94,12 @@ def target_device(path: str):
   except OSError as e:
     raise ValueError(f"--target {path}: {e.strerror}") from e
   try:
-    topology = topologies.get_topology_desc(
-      "", "cuda", topology="1x1x1", target_config=text)
+    topology = topologies.get_topology_desc("", "cuda", topology="1x1x1", target_config=text)
   except NotImplementedError as e:
     raise ValueError(
       f"--target {path}: compiling for a GPU needs JAX's CUDA plugin "
-      f"(pip install 'jax[cuda12]=={jax.__version__}')") from e
+      f"(pip install 'jax[cuda12]=={jax.__version__}')"
+    ) from e
   except Exception as e:  # XLA's own parse errors name the bad field
     raise ValueError(f"--target {path}: {str(e).splitlines()[0]}") from e
   return topology.devices[0]
@@ -124,20 +130,25 @@ def train_programs(config, batch_size: int, variant: str, devices: list) -> tupl
 
   def init(key):
     variables = train_state.init_variables(
-      models, key, config.data.image_size, config.model.password_bits)
+      models, key, config.data.image_size, config.model.password_bits
+    )
     return train_state.state_from_variables(variables, config, optimizers)
 
   abstract = jax.eval_shape(init, key)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   state = jax.tree.map(lambda a: _spec(a, replicated), abstract)
   steps = train.TrainSteps(models, config, mesh, abstract)
-  batch = {k: _spec(v, steps.data_sharding)
-           for k, v in batches.random_batch(config, batch_size).items()}
+  batch = {
+    k: _spec(v, steps.data_sharding) for k, v in batches.random_batch(config, batch_size).items()
+  }
   key = _spec(key, replicated)
-  generated = jax.tree.map(lambda s: _spec(s, steps.data_sharding),
-                           jax.eval_shape(steps.generator, state, batch, key)[1])
-  compiled = [steps.generator.lower(state, batch, key).compile(),
-              steps.discriminator.lower(state, batch, generated, key).compile()]
+  generated = jax.tree.map(
+    lambda s: _spec(s, steps.data_sharding), jax.eval_shape(steps.generator, state, batch, key)[1]
+  )
+  compiled = [
+    steps.generator.lower(state, batch, key).compile(),
+    steps.discriminator.lower(state, batch, generated, key).compile(),
+  ]
   counts = collections.Counter(flop_count.jaxpr_flops(steps.generator, state, batch, key))
   counts.update(flop_count.jaxpr_flops(steps.discriminator, state, batch, generated, key))
   return compiled, sum(counts.values())
@@ -150,16 +161,21 @@ def infer_program(config, batch_size: int, variant: str, devices: list) -> tuple
   models = models_lib.build_models(config.model, devices[0].platform)
   size, n = config.data.image_size, config.model.password_bits
   generator = models.generator
-  shapes = jax.eval_shape(lambda k: generator.init(
-    k, jnp.zeros((2, size, size, 3)), jnp.zeros((2, n)), train=True), jax.random.PRNGKey(0))
+  shapes = jax.eval_shape(
+    lambda k: generator.init(k, jnp.zeros((2, size, size, 3)), jnp.zeros((2, n)), train=True),
+    jax.random.PRNGKey(0),
+  )
   variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
   if variant == "folded":
     generator, variables = inference.fold_batch_norm(generator, variables)
   replicated = jax.sharding.NamedSharding(
-    jax.sharding.Mesh(devices[:1], ("data",)), jax.sharding.PartitionSpec())
-  args = (jax.tree.map(lambda v: _spec(v, replicated), variables),
-          jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.float32, sharding=replicated),
-          jax.ShapeDtypeStruct((batch_size, n), jnp.float32, sharding=replicated))
+    jax.sharding.Mesh(devices[:1], ("data",)), jax.sharding.PartitionSpec()
+  )
+  args = (
+    jax.tree.map(lambda v: _spec(v, replicated), variables),
+    jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.float32, sharding=replicated),
+    jax.ShapeDtypeStruct((batch_size, n), jnp.float32, sharding=replicated),
+  )
   fn = jax.jit(lambda v, x, z: generator.apply(v, x, z, train=False))
   flops = sum(flop_count.jaxpr_flops(fn, *args).values())
   return [fn.lower(*args).compile()], flops
@@ -175,13 +191,18 @@ def memory_gib(compiled) -> float | None:
     return None
   if stats is None:
     return None
-  total = (stats.argument_size_in_bytes + stats.output_size_in_bytes
-           + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+  total = (
+    stats.argument_size_in_bytes
+    + stats.output_size_in_bytes
+    + stats.temp_size_in_bytes
+    - stats.alias_size_in_bytes
+  )
   return round(total / 2**30, 3)
 
 
-def describe(compiled: list, model_flops: float, device, dtype: str,
-             bandwidth: float | None, devices: int = 1) -> dict:
+def describe(
+  compiled: list, model_flops: float, device, dtype: str, bandwidth: float | None, devices: int = 1
+) -> dict:
   """The JSON fields of one measurement's compiled programs, each run on
   `devices` devices (one SPMD program per device: its HLO is one device's)."""
   texts = [c.as_text() for c in compiled]
@@ -197,8 +218,11 @@ def describe(compiled: list, model_flops: float, device, dtype: str,
     # say more.
     return {**fields, **tpu_cost.summarize(texts, device.device_kind)}
   peak = flop_count.peak_flops(device.device_kind, dtype)
-  return {**fields, "kernels_by_program": [len(hlo_traffic.entry_traffic(t)) for t in texts],
-          **hlo_traffic.summarize(texts, peak, bandwidth)}
+  return {
+    **fields,
+    "kernels_by_program": [len(hlo_traffic.entry_traffic(t)) for t in texts],
+    **hlo_traffic.summarize(texts, peak, bandwidth),
+  }
 
 
 def main(argv):
@@ -217,26 +241,42 @@ def main(argv):
     config.model.dtype = dtype
     jobs = []
     if "train" in modes:
-      jobs += [("train_iteration", train_programs, int(b), v)
-               for b in benchmark._TRAIN_BATCH.value.split(",") if b
-               for v in benchmark._TRAIN_VARIANTS.value.split(",")]
+      jobs += [
+        ("train_iteration", train_programs, int(b), v)
+        for b in benchmark._TRAIN_BATCH.value.split(",")
+        if b
+        for v in benchmark._TRAIN_VARIANTS.value.split(",")
+      ]
     if "infer" in modes:
-      jobs += [("generator_inference", infer_program, int(b), v)
-               for b in benchmark._INFER_BATCH.value.split(",") if b
-               for v in benchmark._INFER_VARIANTS.value.split(",")]
+      jobs += [
+        ("generator_inference", infer_program, int(b), v)
+        for b in benchmark._INFER_BATCH.value.split(",")
+        if b
+        for v in benchmark._INFER_VARIANTS.value.split(",")
+      ]
     for mode, build, batch, variant in jobs:
       # Inference is per image: one chip says it all.
       on = devices if mode == "train_iteration" else devices[:1]
       compiled, flops = build(config, batch, variant, on)
-      print(json.dumps({
-        "mode": mode, "variant": variant, "batch": batch, "dtype": dtype,
-        "target": device.device_kind, "devices": len(on),
-        "layout": generator_layout.resolve(
-          {n: config.model.generator.get(n) for n in generator_layout.LAYOUT_OPTIONS},
-          device.platform),
-        "jax": jax.__version__,
-        **describe(compiled, flops, device, dtype, bandwidth, len(on)),
-      }), flush=True)
+      print(
+        json.dumps(
+          {
+            "mode": mode,
+            "variant": variant,
+            "batch": batch,
+            "dtype": dtype,
+            "target": device.device_kind,
+            "devices": len(on),
+            "layout": generator_layout.resolve(
+              {n: config.model.generator.get(n) for n in generator_layout.LAYOUT_OPTIONS},
+              device.platform,
+            ),
+            "jax": jax.__version__,
+            **describe(compiled, flops, device, dtype, bandwidth, len(on)),
+          }
+        ),
+        flush=True,
+      )
 
 
 if __name__ == "__main__":

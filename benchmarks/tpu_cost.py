@@ -35,8 +35,17 @@ _CHIPS = (
 
 # Instructions that launch no work of their own (the done half of an async
 # copy or slice waits for its start).
-_BOOKKEEPING = ("parameter", "constant", "get-tuple-element", "bitcast", "tuple", "reshape",
-                "copy-done", "slice-done", "after-all")
+_BOOKKEEPING = (
+  "parameter",
+  "constant",
+  "get-tuple-element",
+  "bitcast",
+  "tuple",
+  "reshape",
+  "copy-done",
+  "slice-done",
+  "after-all",
+)
 _KIND = re.compile(r"kind=(k\w+)")
 _CYCLES = re.compile(r'"estimated_cycles":"(\d+)"')
 
@@ -70,10 +79,15 @@ def entry_ops(hlo_text: str) -> list[TpuOp]:
     kind = _KIND.search(i.line)
     cycles = _CYCLES.search(i.line)
     op_name = hlo.op_name(i.line)
-    ops.append(TpuOp(
-      i.name, i.opcode + (":" + kind.group(1) if kind else ""),
-      int(cycles.group(1)) if cycles else None, hlo_traffic.array_bytes(i.result_type),
-      op_name))
+    ops.append(
+      TpuOp(
+        i.name,
+        i.opcode + (":" + kind.group(1) if kind else ""),
+        int(cycles.group(1)) if cycles else None,
+        hlo_traffic.array_bytes(i.result_type),
+        op_name,
+      )
+    )
   return ops
 
 

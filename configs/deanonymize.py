@@ -19,7 +19,7 @@ def get_config(baseline: str = "blur"):
   config = lfw_subset.get_config()
   config.deanonymize = dict(
     # Which baseline's output the generator learns to invert.
-    baseline=baseline,
+    baseline=baseline
   )
   config.data.exclude_pairs = f"{lfw_subset.DATA}/lfw_subset/pairs.txt"
   config.data.num_workers = 0

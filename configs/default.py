@@ -44,7 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
   # fold 1 of pairs.txt only); empty: every fold of the file.
   config.data.exclude_folds = ""
   # Threads building training batches ahead of the device (grain; see
-  # fit_jax/batch_loader.py); 0 builds each batch in the training loop.
+  # fit_jax/data/batch_loader.py); 0 builds each batch in the training loop.
   config.data.num_workers = 8
 
   # ----------------------------------------------------------------- model

@@ -1,6 +1,6 @@
 """The embedded default: small nets on synthetic faces, ~5 minutes on 2 CPU cores.
 
-Needs no data: faces are drawn by fit_jax.input_pipeline.SyntheticFaces.
+Needs no data: faces are drawn by fit_jax.data.input_pipeline.SyntheticFaces.
 Command (what `make demo` runs):
   python -m fit_jax.main --config configs/demo.py --workdir /tmp/fit_jax_demo
 """

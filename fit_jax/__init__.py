@@ -1,6 +1,5 @@
-"""fit_jax: the face identity transformer in JAX/Flax."""
+"""fit_jax: the face identity transformer in JAX/Flax.
 
-from fit_jax import xla_cpu_flags as _xla_cpu_flags
-
-# Before any JAX backend starts: XLA:CPU without YNNPACK (see the module).
-_xla_cpu_flags.apply()
+The commands are the top-level modules (`python -m fit_jax.<command>`); the
+library is in the subpackages. Importing fit_jax changes nothing.
+"""

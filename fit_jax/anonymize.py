@@ -6,9 +6,9 @@ See fit_jax.photo_cli for the options.
 from fit_jax import photo_cli
 
 
-def main() -> None:  # the `fit-anonymize` console script
+def run() -> None:  # the `fit-anonymize` console script
   photo_cli.main("anonymize")
 
 
 if __name__ == "__main__":
-  main()
+  run()

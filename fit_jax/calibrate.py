@@ -1,195 +1,32 @@
-"""Running BatchNorm statistics for a generator trained without them.
+"""Calibrates a converted reference checkpoint to run on single photos.
 
   python -m fit_jax.calibrate --checkpoint CONVERTED --faces FOLDER --out DIR \
       [--size 128] [--calls training|anonymize] [--seed 0]
 
-The authors' generator normalises every call with the statistics of its own
-batch (BatchNorm without running averages, 12 images per GPU), so a converted
-reference checkpoint cannot transform one photo: alone, the image's constant
-password channels are exactly what the first norm subtracts. This command
-estimates the statistics that training saw. It makes train-mode passes over
-real faces in groups of 12 with random per-sample passwords, making the
-calls of a training iteration:
-
-  A = G(x, z), A2 = G(x, z2), R = G(A, -z), W = G(A, w), W2 = G(A, w2)
-
-(`--calls anonymize` makes only the first two). For each norm layer the
-running mean and variance are those of all the values the groups
-normalised: the mean of the group means, and the mean group variance plus
-the variance of the group means. A large batch with batch statistics
-computes nearly the same.
-
-Faces are read as the photo tool's crop mode reads them (any image, resized
-to --size). Give aligned face crops like those it will transform: a few
-hundred are plenty (the estimate averages every pixel of every group).
-Writes a release directory (fit_jax.release): float32 weights with the
-statistics, and a model card that records the calibration. Nothing about the
-faces is written.
+What it estimates and how: fit_jax.deploy.calibrate.
 """
 
-import dataclasses
-import json
 import os
 import sys
 
-import numpy as np
 from absl import app, flags
-from flax import traverse_util
-from PIL import Image
 
-from fit_jax import atomic, compact_weights, inference, photos, pixels, release
-
-GROUP_SIZE = 12  # the reference's images per GPU: its norm groups
-CALLS = {"training": ("A", "A2", "R", "W", "W2"), "anonymize": ("A", "A2")}
+from fit_jax.deploy import calibrate
+from fit_jax.runtime import xla_cpu_flags
 
 _CHECKPOINT = flags.DEFINE_string(
-  "checkpoint", None, "Converted reference checkpoint (python -m fit_jax.convert_torch).")
+  "checkpoint", None, "Converted reference checkpoint (python -m fit_jax.convert_torch)."
+)
 _FACES = flags.DEFINE_list("faces", None, "Face images or folders of them (aligned crops).")
 _OUT = flags.DEFINE_string("out", None, "Release directory to create.")
 _SIZE = flags.DEFINE_integer("size", 128, "Side of the faces (the paper's models: 128).")
-_CALLS = flags.DEFINE_enum("calls", "training", list(CALLS),
-                           "Which generator calls of a training iteration to average.")
+_CALLS = flags.DEFINE_enum(
+  "calls",
+  "training",
+  list(calibrate.CALLS),
+  "Which generator calls of a training iteration to average.",
+)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the face order and the passwords.")
-
-
-def read_faces(inputs: list[str], size: int) -> tuple[np.ndarray, list[tuple[str, str]]]:
-  """[n, size, size, 3] in [-1, 1], and (path, reason) for each unreadable file."""
-  faces, failures = [], []
-  for path, _ in photos.collect_inputs(inputs):
-    try:
-      rgb = photos.read_rgb(path)
-    except photos.ItemError as e:
-      failures.append((path, str(e)))
-      continue
-    faces.append(pixels.to_unit(np.asarray(Image.fromarray(rgb).resize((size, size), Image.BICUBIC))))
-  stacked = np.stack(faces) if faces else np.zeros((0, size, size, 3), np.float32)
-  return stacked, failures
-
-
-def _random_bits(rng: np.random.Generator, count: int, n: int, unlike: list[np.ndarray]):
-  """Per-sample random 0/1 bits, redrawn where a row equals one in `unlike`."""
-  bits = rng.integers(0, 2, (count, n))
-  for _ in range(100):
-    clash = np.zeros(count, bool)
-    for other in unlike:
-      clash |= (bits == other).all(axis=1)
-    if not clash.any():
-      break
-    bits[clash] = rng.integers(0, 2, (int(clash.sum()), n))
-  return bits
-
-
-def draw_passwords(rng: np.random.Generator, count: int, n: int) -> dict:
-  """Per-sample bits of one training iteration (the reference's rules):
-  z, a second anonymization password z2 != z, and wrong recovery passwords
-  w != ~z and w2 != ~z, w (~z, the complement, is the right one)."""
-  z = rng.integers(0, 2, (count, n))
-  z2 = _random_bits(rng, count, n, [z])
-  w = _random_bits(rng, count, n, [1 - z])
-  w2 = _random_bits(rng, count, n, [1 - z, w])
-  return {"z": z, "z2": z2, "w": w, "w2": w2}
-
-
-def running_statistics(model, params: dict, faces: np.ndarray, calls: tuple[str, ...],
-                       scale: float = 1.0, seed: int = 0) -> dict:
-  """The `batch_stats` collection of `model` in norm="batch" mode, estimated
-  from train-mode passes over `faces` in norm groups of GROUP_SIZE.
-
-  Args:
-    model: the generator (any norm mode; its parameters are `params`).
-    faces: [n, S, S, 3] in [-1, 1]; n // GROUP_SIZE groups are used (the
-      reference skipped an incomplete last batch too).
-    calls: names from CALLS["training"] to make for each group.
-    scale: the password scale (z = scale * (bits - 1/2)).
-  """
-  import jax  # noqa: PLC0415
-
-  groups = len(faces) // GROUP_SIZE
-  if groups == 0:
-    raise ValueError(f"calibration needs at least {GROUP_SIZE} faces; got {len(faces)}")
-  teacher = dataclasses.replace(model, norm="batch_stats", norm_group_size=GROUP_SIZE)
-
-  @jax.jit
-  def call(x, z):
-    y, state = teacher.apply({"params": params}, x, z, train=True, mutable=["norm_moments"])
-    return y, state["norm_moments"]
-
-  rng = np.random.default_rng(seed)
-  order = rng.permutation(len(faces))[: groups * GROUP_SIZE].reshape(groups, GROUP_SIZE)
-  n = model.password_bits
-  sums: dict = {}
-  for members in order:
-    x = faces[members]
-    bits = draw_passwords(rng, GROUP_SIZE, n)
-
-    def code(name):
-      return np.float32(scale) * (bits[name].astype(np.float32) - 0.5)
-
-    anonymized, moments = call(x, code("z"))
-    recorded = [moments]
-    inputs = {"A2": (x, code("z2")), "R": (anonymized, -code("z")),
-              "W": (anonymized, code("w")), "W2": (anonymized, code("w2"))}
-    for name in calls[1:]:
-      recorded.append(call(*inputs[name])[1])
-    for moments in recorded:
-      for layer, (mean, var) in _layer_moments(moments).items():
-        # Sums over groups of the mean and of E[x^2] = var + mean^2.
-        mean, var = np.asarray(mean, np.float64), np.asarray(var, np.float64)
-        total = sums.setdefault(layer, np.zeros((3, mean.shape[-1])))
-        total += np.stack([mean.sum(axis=0), (var + mean * mean).sum(axis=0),
-                           np.full(mean.shape[-1], len(mean))])
-  stats = {}
-  for layer, (mean_sum, square_sum, count) in sums.items():
-    mean = mean_sum / count
-    var = np.maximum(square_sum / count - mean * mean, 0.0)
-    stats[layer + ("mean",)] = mean.astype(np.float32)
-    stats[layer + ("var",)] = var.astype(np.float32)
-  return traverse_util.unflatten_dict(stats)
-
-
-def _layer_moments(moments: dict) -> dict:
-  """{layer path: (group means [G, C], group variances [G, C])} of one call."""
-  flat = traverse_util.flatten_dict(moments)
-  return {path[:-1]: (flat[path][0], flat[path[:-1] + ("var",)][0])
-          for path in flat if path[-1] == "mean"}
-
-
-def calibrated_card(model, size: int, calibration: dict) -> dict:
-  """The model card of a calibrated converted checkpoint (no training config)."""
-  card = release.card_of(
-    {"model": {"password_bits": model.password_bits, "password_scale": 1.0, "norm": "batch",
-               "generator": {"ngf": model.ngf, "num_downsampling": model.num_downsampling,
-                             "num_blocks": model.num_blocks}},
-     "data": {"image_size": size}},
-    step=-1, mode="float32")
-  card["config"] = None
-  card["calibration"] = calibration
-  return card
-
-
-def calibrate(checkpoint: str, faces_inputs: list[str], out: str, size: int = 128,
-              calls: str = "training", seed: int = 0) -> tuple[dict, list[tuple[str, str]]]:
-  """Writes the calibrated release; returns (its card, unreadable faces)."""
-  if os.path.exists(out):
-    raise FileExistsError(f"{out} exists; choose a new --out directory")
-  model, variables, _ = inference.load_generator(checkpoint)
-  if model.norm == "folded":
-    raise ValueError(f"{checkpoint}: already has running statistics (its norms are folded)")
-  multiple = 2 ** model.num_downsampling
-  if size < 16 or size % multiple:
-    raise ValueError(f"--size {size}: give a side of at least 16 that is a multiple of {multiple}")
-  faces, failures = read_faces(faces_inputs, size)
-  stats = running_statistics(model, variables["params"], faces, CALLS[calls], seed=seed)
-  calibration = {"faces": int(len(faces) // GROUP_SIZE * GROUP_SIZE),
-                 "group_size": GROUP_SIZE, "calls": list(CALLS[calls]), "seed": seed}
-  card = calibrated_card(model, size, calibration)
-  staging = out.rstrip("/") + ".tmp"
-  os.makedirs(staging, exist_ok=False)
-  compact_weights.save(os.path.join(staging, release.WEIGHTS),
-                       {"params": variables["params"], "batch_stats": stats}, "float32")
-  atomic.write_text(os.path.join(staging, release.CARD), json.dumps(card, indent=1) + "\n")
-  os.replace(staging, out)
-  return card, failures
 
 
 def main(argv):
@@ -197,24 +34,28 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   if not _CHECKPOINT.value or not _FACES.value or not _OUT.value:
     raise app.UsageError("--checkpoint, --faces and --out are required")
-  from fit_jax import quiet_logs  # noqa: PLC0415
+  from fit_jax.runtime import quiet_logs  # noqa: PLC0415
 
   quiet_logs.quiet_orbax()
   try:
-    card, failures = calibrate(_CHECKPOINT.value, _FACES.value, _OUT.value, _SIZE.value,
-                               _CALLS.value, _SEED.value)
+    card, failures = calibrate.calibrate(
+      _CHECKPOINT.value, _FACES.value, _OUT.value, _SIZE.value, _CALLS.value, _SEED.value
+    )
   except (ValueError, FileNotFoundError, FileExistsError) as e:
     raise app.UsageError(str(e)) from None
   for path, reason in failures:
     print(f"skipped {path}: {reason}")
   used = card["calibration"]["faces"]
-  print(f"calibrated on {used} faces ({used // GROUP_SIZE} groups of {GROUP_SIZE}, calls "
-        f"{', '.join(card['calibration']['calls'])}); wrote {os.path.abspath(_OUT.value)}")
+  print(
+    f"calibrated on {used} faces ({used // calibrate.GROUP_SIZE} groups of {calibrate.GROUP_SIZE}, calls "
+    f"{', '.join(card['calibration']['calls'])}); wrote {os.path.abspath(_OUT.value)}"
+  )
   if used < 240:
     print(f"only {used} faces: give a few hundred for a steadier estimate", file=sys.stderr)
 
 
 def run() -> None:  # the `fit-calibrate` console script
+  xla_cpu_flags.apply()
   app.run(main)
 
 

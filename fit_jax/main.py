@@ -15,7 +15,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fit_jax import compilation_cache
+from fit_jax.runtime import compilation_cache, xla_cpu_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Experiment config file (configs/*.py).", lock_config=True
@@ -26,17 +26,18 @@ _DISTRIBUTED = flags.DEFINE_bool(
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import jax  # noqa: PLC0415  (after absl parsed the flags)
 
-  from fit_jax import quiet_logs  # noqa: PLC0415
+  from fit_jax.runtime import quiet_logs  # noqa: PLC0415
 
   quiet_logs.quiet_orbax()
 
   if _DISTRIBUTED.value:
-    from fit_jax import multihost  # noqa: PLC0415
+    from fit_jax.training import multihost  # noqa: PLC0415
 
     try:
       multihost.initialize()
@@ -48,30 +49,40 @@ def main(argv):
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache))
   if jax.config.jax_compilation_cache_dir:
     warning = compilation_cache.kernel_cache_warning(
-      jax.config.jax_persistent_cache_enable_xla_caches, jax.default_backend())
+      jax.config.jax_persistent_cache_enable_xla_caches, jax.default_backend()
+    )
     if warning:
       logging.warning(warning)
-  from fit_jax import preemption, train  # noqa: PLC0415
+  from fit_jax.training import preemption, train  # noqa: PLC0415
 
   workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
   logging.info("JAX devices: %s", jax.devices())
-  from fit_jax import checkpoints, input_pipeline  # noqa: PLC0415
+  from fit_jax.data import input_pipeline  # noqa: PLC0415
+  from fit_jax.training import checkpoints  # noqa: PLC0415
 
   preempt = preemption.Preemption()
   try:
     state = train.train_and_evaluate(_CONFIG.value, workdir, preempt)
-  except (input_pipeline.BadRecordError, checkpoints.CheckpointMismatchError, FileNotFoundError) as e:
+  except (
+    input_pipeline.BadRecordError,
+    checkpoints.CheckpointMismatchError,
+    FileNotFoundError,
+  ) as e:
     # The data or the workdir, named in one line (a traceback would bury it).
     sys.exit(f"fit_jax.main: {e}")
   if jax.process_index() > 0:
     return
   if preempt.stopped_at is not None:
-    print(f"preempted: checkpoint of step {preempt.stopped_at} saved in {workdir}/checkpoints; "
-          "run the same command to resume")
+    print(
+      f"preempted: checkpoint of step {preempt.stopped_at} saved in {workdir}/checkpoints; "
+      "run the same command to resume"
+    )
     return
   logs = "TensorBoard logs and " if _CONFIG.value.train.get("tensorboard", True) else ""
-  print(f"done at step {int(state.step)}: checkpoints in {workdir}/checkpoints, {logs}"
-        f"metrics.jsonl in {workdir}, sample grids in {workdir}/samples")
+  print(
+    f"done at step {int(state.step)}: checkpoints in {workdir}/checkpoints, {logs}"
+    f"metrics.jsonl in {workdir}, sample grids in {workdir}/samples"
+  )
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -83,11 +94,14 @@ def parse_flags(argv: list[str]) -> list[str]:
     reason = str(e).strip("'\"").replace("\\n", "; ").replace("\n", "; ")
     reason = reason.replace("\\'", "").replace('\\"', '"').strip("'\"")
     overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
-    sys.exit(f"unknown config field ({reason}) in {' '.join(overrides) or '--config'}; the "
-             "fields are those of the config file")
+    sys.exit(
+      f"unknown config field ({reason}) in {' '.join(overrides) or '--config'}; the "
+      "fields are those of the config file"
+    )
 
 
 def run() -> None:  # the `fit-train` console script
+  xla_cpu_flags.apply()
   app.run(main, flags_parser=parse_flags)
 
 

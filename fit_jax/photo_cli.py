@@ -5,7 +5,7 @@
 
 Users give the same password to both; recover applies the inverse itself.
 Password sources (exactly one, else a prompt): --password, --password_env
-VAR, --password_file FILE; forms as fit_jax.passwords.parse. Modes: `crop`
+VAR, --password_file FILE; forms as fit_jax.training.passwords.parse. Modes: `crop`
 (aligned face crops, resized to --size (128), written at that size) and `wild` (every
 MTCNN face of a photo is cropped as the reference's LFW_CROP, transformed
 and pasted back with a feathered blend; the crop boxes, and nothing else,
@@ -28,16 +28,24 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from fit_jax import atomic, faces, inference, passwords, photos, pixels
-from fit_jax.photos import ItemError, collect_inputs, read_rgb
+from fit_jax.data import faces, photos, pixels
+from fit_jax.data.photos import ItemError, collect_inputs, read_rgb
+from fit_jax.deploy import inference
+from fit_jax.runtime import atomic, xla_cpu_flags
+from fit_jax.training import passwords
 
 SIDECAR = ".fit.json"
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Training workdir, checkpoint or converted dir.")
+_CHECKPOINT = flags.DEFINE_string(
+  "checkpoint", None, "Training workdir, checkpoint or converted dir."
+)
 _PASSWORD = flags.DEFINE_string(
-  "password", None, "Password (integer, 0x-hex or passphrase). A 16-bit model (the paper's) "
+  "password",
+  None,
+  "Password (integer, 0x-hex or passphrase). A 16-bit model (the paper's) "
   "has 65,536 passwords, which anyone holding the model can try in seconds: any passphrase "
-  "is one of them. Train with model.password_bits=128 where guessing matters.")
+  "is one of them. Train with model.password_bits=128 where guessing matters.",
+)
 _PASSWORD_ENV = flags.DEFINE_string("password_env", None, "Read the password from this variable.")
 _PASSWORD_FILE = flags.DEFINE_string("password_file", None, "Read the password from this file.")
 _OUT = flags.DEFINE_string("out", None, "Output folder.")
@@ -45,14 +53,18 @@ _MODE = flags.DEFINE_enum("mode", "crop", ["crop", "wild"], "Aligned crops or ph
 _FORMAT = flags.DEFINE_enum("format", "same", ["same", "png"], "Output format.")
 _BATCH = flags.DEFINE_integer("batch", 16, "Images per generator call (crop mode).")
 _SIZE = flags.DEFINE_integer(
-  "size", None, "Side of the faces the model sees. Default: the model card's image size "
-  "(its training data.image_size; 128 without a card, as the paper)."
+  "size",
+  None,
+  "Side of the faces the model sees. Default: the model card's image size "
+  "(its training data.image_size; 128 without a card, as the paper).",
 )
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace existing outputs (never inputs).")
 
 
 def read_password(num_bits: int) -> np.ndarray:
-  sources = [s for s in (_PASSWORD.value, _PASSWORD_ENV.value, _PASSWORD_FILE.value) if s is not None]
+  sources = [
+    s for s in (_PASSWORD.value, _PASSWORD_ENV.value, _PASSWORD_FILE.value) if s is not None
+  ]
   if len(sources) > 1:
     raise app.UsageError("give the password once: --password, --password_env or --password_file")
   if _PASSWORD.value is not None:
@@ -92,26 +104,31 @@ def save_image(path: str, image: np.ndarray) -> None:
 
 def model_settings(checkpoint: str, model) -> tuple[int, float]:
   """(image size, password scale) from the model card, --size checked."""
-  from fit_jax import release  # noqa: PLC0415
+  from fit_jax.deploy import release  # noqa: PLC0415
 
   card = release.card_for(checkpoint)
   trained = card["image_size"] if card else None
   size = _SIZE.value if _SIZE.value is not None else release.image_size(card)
   multiple = 2**model.num_downsampling
   if size < 16 or size % multiple:
-    raise app.UsageError(f"--size {size}: give a side of at least 16 pixels that is a "
-                         f"multiple of {multiple} (this generator's downsampling)")
+    raise app.UsageError(
+      f"--size {size}: give a side of at least 16 pixels that is a "
+      f"multiple of {multiple} (this generator's downsampling)"
+    )
   if trained is None and _SIZE.value is None:
-    print(f"{checkpoint} carries no model card: assuming {size} px faces (give --size)",
-          file=sys.stderr)
+    print(
+      f"{checkpoint} carries no model card: assuming {size} px faces (give --size)", file=sys.stderr
+    )
   elif trained is not None and size != trained:
-    print(f"this model was trained on {trained} px faces; running it at {size} px (--size)",
-          file=sys.stderr)
+    print(
+      f"this model was trained on {trained} px faces; running it at {size} px (--size)",
+      file=sys.stderr,
+    )
   return size, release.password_scale(card)
 
 
 def run(direction: str, inputs: list[str]) -> int:
-  from fit_jax import quiet_logs  # noqa: PLC0415
+  from fit_jax.runtime import quiet_logs  # noqa: PLC0415
 
   quiet_logs.quiet_orbax()
   if not inputs:
@@ -137,7 +154,9 @@ def run(direction: str, inputs: list[str]) -> int:
   out_dir = os.path.abspath(_OUT.value)
   items = collect_inputs(inputs)
   if not items:
-    raise app.UsageError(f"no images in {', '.join(inputs)} (looked for {', '.join(photos.IMAGE_SUFFIXES)})")
+    raise app.UsageError(
+      f"no images in {', '.join(inputs)} (looked for {', '.join(photos.IMAGE_SUFFIXES)})"
+    )
   input_paths = {os.path.realpath(p) for p, _ in items}
   planned: dict[str, str] = {}
   failures: list[tuple[str, str]] = []
@@ -162,13 +181,14 @@ def run(direction: str, inputs: list[str]) -> int:
   def progress():
     # One updating line on a terminal; whole lines in logs and pipes.
     line = f"{direction}: {done}/{len(jobs)} images"
-    print(f"\r{line}" if terminal else line, end="" if terminal else "\n",
-          file=sys.stderr, flush=True)
+    print(
+      f"\r{line}" if terminal else line, end="" if terminal else "\n", file=sys.stderr, flush=True
+    )
 
   if _MODE.value == "crop":
     for start in range(0, len(jobs), _BATCH.value):
       chunk, images = [], []
-      for path, target in jobs[start:start + _BATCH.value]:
+      for path, target in jobs[start : start + _BATCH.value]:
         try:
           rgb = read_rgb(path)
         except ItemError as e:
@@ -184,7 +204,7 @@ def run(direction: str, inputs: list[str]) -> int:
             save_image(target, pixels.to_uint8(image))
           except OSError as e:
             failures.append((path, f"cannot write {target}: {e.strerror}"))
-      done += len(jobs[start:start + _BATCH.value])
+      done += len(jobs[start : start + _BATCH.value])
       progress()
   else:
     for path, target in jobs:
@@ -198,8 +218,10 @@ def run(direction: str, inputs: list[str]) -> int:
         elif direction == "recover":
           # Detecting faces on the anonymized photo finds some of them at
           # best; the others would stay anonymized with nothing said.
-          raise ItemError(f"no {os.path.basename(sidecar)} beside it: the faces its "
-                          "anonymization changed are unknown (keep the sidecar with the image)")
+          raise ItemError(
+            f"no {os.path.basename(sidecar)} beside it: the faces its "
+            "anonymization changed are unknown (keep the sidecar with the image)"
+          )
         else:
           crops, small = detector(rgb)
         if not crops:
@@ -236,4 +258,5 @@ def main(direction: str) -> None:
   # the `fit-anonymize` console script.
   for flag in flags.FLAGS.get_flags_for_module(__name__):
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+  xla_cpu_flags.apply()
   app.run(entry)

@@ -7,9 +7,9 @@ See fit_jax.photo_cli for the options.
 from fit_jax import photo_cli
 
 
-def main() -> None:  # the `fit-recover` console script
+def run() -> None:  # the `fit-recover` console script
   photo_cli.main("recover")
 
 
 if __name__ == "__main__":
-  main()
+  run()

@@ -14,10 +14,11 @@ _BLOCK_AND_IMPORT = """
 import sys
 for name in ("tensorflow", "tensorflow_datasets", "clu", "grain"):
   sys.modules[name] = None  # any import of them now raises ImportError
-import benchmarks.benchmark, fit_jax.inference, fit_jax.models, fit_jax.train
-import benchmarks.profile_summary, fit_jax.pretrained, fit_jax.train_state
+import benchmarks.benchmark, fit_jax.deploy.inference, fit_jax.models, fit_jax.training.train
+import benchmarks.profile_summary, fit_jax.conversion.pretrained, fit_jax.training.train_state
 from configs import default
-from fit_jax import models, train_state
+from fit_jax import models
+from fit_jax.training import train_state
 import jax
 config = default.get_config()
 config.model.generator.ngf = 4
@@ -30,7 +31,8 @@ print("ok")
 
 
 def test_model_steps_and_benchmark_import_without_tf_clu_grain():
-  done = subprocess.run([sys.executable, "-c", _BLOCK_AND_IMPORT], cwd=ROOT,
-                        capture_output=True, text=True, timeout=300)
+  done = subprocess.run(
+    [sys.executable, "-c", _BLOCK_AND_IMPORT], cwd=ROOT, capture_output=True, text=True, timeout=300
+  )
   assert done.returncode == 0, done.stderr[-2000:]
   assert done.stdout.strip().endswith("ok")

@@ -7,7 +7,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from fit_jax import release
+from fit_jax.deploy import release
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -20,8 +20,12 @@ def _run(name, env, tmp_path):
   saved = {k: os.environ.get(k) for k in env}
   os.environ.update(env)
   try:
-    NotebookClient(book, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": str(ROOT / "colab")}}).execute()
+    NotebookClient(
+      book,
+      timeout=600,
+      kernel_name="python3",
+      resources={"metadata": {"path": str(ROOT / "colab")}},
+    ).execute()
   finally:
     for k, v in saved.items():
       os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
@@ -29,8 +33,11 @@ def _run(name, env, tmp_path):
 
 
 def test_train_notebook(tmp_path):
-  text = _run("train.ipynb", {"FIT_NOTEBOOK_STEPS": "2",
-                              "FIT_NOTEBOOK_WORKDIR": str(tmp_path / "w")}, tmp_path)
+  text = _run(
+    "train.ipynb",
+    {"FIT_NOTEBOOK_STEPS": "2", "FIT_NOTEBOOK_WORKDIR": str(tmp_path / "w")},
+    tmp_path,
+  )
   assert "trained to step 2" in text
   assert (tmp_path / "w" / "samples" / "step_0000002.png").exists()
 
@@ -40,8 +47,11 @@ def test_inference_notebook(tmp_path):
   photo (its one face found by MTCNN), the card's size, the SavedModel."""
   pytest.importorskip("tensorflow")
   assert release.shipped_model() is None  # else the notebook would use it
-  text = _run("inference.ipynb", {"FIT_NOTEBOOK_STEPS": "2",
-                                  "FIT_NOTEBOOK_WORKDIR": str(tmp_path / "w")}, tmp_path)
+  text = _run(
+    "inference.ipynb",
+    {"FIT_NOTEBOOK_STEPS": "2", "FIT_NOTEBOOK_WORKDIR": str(tmp_path / "w")},
+    tmp_path,
+  )
   assert (tmp_path / "w" / "checkpoints" / "2").is_dir()
   assert "64 px faces, 16-bit passwords; batch-independent outputs: True" in text
   assert "photo of 512x512 pixels" in text

@@ -15,10 +15,27 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 def test_benchmark_prints_json_for_train_inference_and_input(tmp_path):
   command = [
-    sys.executable, "-m", "benchmarks.benchmark", "--config", "configs/tiny.py",
-    "--modes", "train,infer,input", "--dtypes", "bfloat16", "--train_batch", "8",
-    "--infer_batch", "4", "--iters", "2", "--input_workers", "0,2",
-    "--infer_variants", "folded,running", "--profile_dir", str(tmp_path),
+    sys.executable,
+    "-m",
+    "benchmarks.benchmark",
+    "--config",
+    "configs/tiny.py",
+    "--modes",
+    "train,infer,input",
+    "--dtypes",
+    "bfloat16",
+    "--train_batch",
+    "8",
+    "--infer_batch",
+    "4",
+    "--iters",
+    "2",
+    "--input_workers",
+    "0,2",
+    "--infer_variants",
+    "folded,running",
+    "--profile_dir",
+    str(tmp_path),
   ]
   done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-2000:]
@@ -40,12 +57,16 @@ def test_benchmark_prints_json_for_train_inference_and_input(tmp_path):
   assert 1.5 * generator["forward"] < generator["backward"] <= 2 * generator["forward"]
   assert {"SphereFace20a", "PasswordHead"} <= set(networks)
   assert sum(sum(d.values()) for d in networks.values()) * 8 == pytest.approx(
-    train["gflop_per_iter"], rel=0.02)
+    train["gflop_per_iter"], rel=0.02
+  )
   assert [r["variant"] for r in by_mode["generator_inference"]] == ["folded", "running"]
   assert all(r["finite_output"] for r in by_mode["generator_inference"])
   profiles = {r["of"]: r for r in by_mode["profile"]}
-  assert sorted(profiles) == ["infer_bfloat16_folded_b4", "infer_bfloat16_running_b4",
-                              "train_bfloat16_fused_b8"]
+  assert sorted(profiles) == [
+    "infer_bfloat16_folded_b4",
+    "infer_bfloat16_running_b4",
+    "train_bfloat16_fused_b8",
+  ]
   for profile in profiles.values():
     assert profile["by_category"]["convolution"] > 0 and profile["busy_ms"] > 0
     # The folder alone (trace + saved HLO) gives the same summary again.
@@ -54,8 +75,10 @@ def test_benchmark_prints_json_for_train_inference_and_input(tmp_path):
   # On CPU XLA runs exactly the model's convolutions and dots (the profile
   # rounds its GFLOP to 3 decimals).
   assert profiles["train_bfloat16_fused_b8"]["gflop"] == pytest.approx(
-    train["gflop_per_iter"], rel=1e-3, abs=5e-4)
+    train["gflop_per_iter"], rel=1e-3, abs=5e-4
+  )
   folded = by_mode["generator_inference"][0]
   assert profiles["infer_bfloat16_folded_b4"]["gflop"] == pytest.approx(
-    folded["gflop_per_call"], rel=1e-3, abs=5e-4)
+    folded["gflop_per_call"], rel=1e-3, abs=5e-4
+  )
   assert any("Generator" in scope for scope in profiles["train_bfloat16_fused_b8"]["by_scope"])

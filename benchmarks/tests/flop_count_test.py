@@ -14,8 +14,16 @@ from fit_jax import models as models_lib
 def _conv(strides, padding, lhs_dilation, rhs_dilation, groups):
   def conv(x, w):
     return jax.lax.conv_general_dilated(
-      x, w, strides, padding, lhs_dilation, rhs_dilation,
-      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+      x,
+      w,
+      strides,
+      padding,
+      lhs_dilation,
+      rhs_dilation,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=groups,
+    )
+
   return conv
 
 
@@ -66,12 +74,12 @@ def test_dots_scans_and_conds():
     return jax.lax.scan(lambda c, _: (c @ m, None), m, length=4)[0]
 
   m = jnp.ones((8, 8))
-  assert sum(flop_count.jaxpr_flops(scanned, m).values()) == 4 * 2 * 8 ** 3
+  assert sum(flop_count.jaxpr_flops(scanned, m).values()) == 4 * 2 * 8**3
 
   def branchy(m, p):
     return jax.lax.cond(p, lambda m: m @ m @ m, lambda m: m @ m, m)
 
-  assert sum(flop_count.jaxpr_flops(branchy, m, True).values()) == 2 * 2 * 8 ** 3
+  assert sum(flop_count.jaxpr_flops(branchy, m, True).values()) == 2 * 2 * 8**3
 
 
 def test_name_stacks_mark_networks_and_backward():
@@ -80,8 +88,9 @@ def test_name_stacks_mark_networks_and_backward():
   variables = generator.init(jax.random.PRNGKey(0), x, z, train=True)
 
   def loss(params, x, z):
-    out, _ = generator.apply({**variables, "params": params}, x, z, train=True,
-                             mutable=["batch_stats"])
+    out, _ = generator.apply(
+      {**variables, "params": params}, x, z, train=True, mutable=["batch_stats"]
+    )
     return jnp.sum(out)
 
   forward = flop_count.jaxpr_flops(loss, variables["params"], x, z)
@@ -99,13 +108,16 @@ def test_paper_generator_forward_matches_its_layer_arithmetic():
   generator = models_lib.Generator()
   x, z = jnp.ones((1, 128, 128, 3)), jnp.ones((1, 16))
   variables = jax.eval_shape(lambda: generator.init(jax.random.PRNGKey(0), x, z, train=True))
-  counts = flop_count.jaxpr_flops(
-    lambda v: generator.apply(v, x, z, train=False), variables)
-  macs = (128 * 128 * 49 * 3 * 64  # 7x7 input conv (password bits folded into a bias)
-          + 64 * 64 * 9 * 64 * 128 + 32 * 32 * 9 * 128 * 256  # two stride-2 convs
-          + 18 * 32 * 32 * 9 * 256 * 256  # 9 residual blocks
-          + 64 * 64 * 9 * 256 * 128 + 128 * 128 * 9 * 128 * 64  # two resize-convs
-          + 128 * 128 * 49 * 64 * 3)  # 7x7 output conv
+  counts = flop_count.jaxpr_flops(lambda v: generator.apply(v, x, z, train=False), variables)
+  macs = (
+    128 * 128 * 49 * 3 * 64  # 7x7 input conv (password bits folded into a bias)
+    + 64 * 64 * 9 * 64 * 128
+    + 32 * 32 * 9 * 128 * 256  # two stride-2 convs
+    + 18 * 32 * 32 * 9 * 256 * 256  # 9 residual blocks
+    + 64 * 64 * 9 * 256 * 128
+    + 128 * 128 * 9 * 128 * 64  # two resize-convs
+    + 128 * 128 * 49 * 64 * 3
+  )  # 7x7 output conv
   # Zero-padded stride-2 taps at the border are not work: within 1 %.
   assert sum(counts.values()) == pytest.approx(2 * macs, rel=0.01)
 
@@ -143,16 +155,21 @@ def test_cudnn_and_cublas_custom_calls():
   conv_flops = _oracle(_STRIDED, jnp.ones((4, 16, 16, 8)), jnp.ones((3, 3, 8, 32)))
   gemm_flops = 2.0 * 64 * 128 * 32
   assert flop_count.hlo_flops(_GPU_HLO) == {
-    "cudnn-conv.1": conv_flops, "cudnn-conv-bw-input.2": conv_flops,
-    "cudnn-conv-bw-filter.3": conv_flops, "cublas-gemm.4": gemm_flops,
-    "gemm_fusion.5": gemm_flops, "dot.7": gemm_flops,
+    "cudnn-conv.1": conv_flops,
+    "cudnn-conv-bw-input.2": conv_flops,
+    "cudnn-conv-bw-filter.3": conv_flops,
+    "cublas-gemm.4": gemm_flops,
+    "gemm_fusion.5": gemm_flops,
+    "dot.7": gemm_flops,
   }
   # The fusion's body is not counted twice in the module.
   assert flop_count.hlo_module_flops(_GPU_HLO) == 3 * conv_flops + 2 * gemm_flops
   # Operands printed as shapes alone (as XLA's logs print an instruction).
-  bare = ('  %c = (bf16[32,3,3,8]{3,2,1,0}, u8[0]{0}) custom-call(bf16[4,16,16,8]{3,2,1,0}, '
-          'bf16[4,8,8,32]{3,2,1,0}), window={size=3x3 stride=2x2 pad=1_1x1_1}, '
-          'dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convBackwardFilter"')
+  bare = (
+    "  %c = (bf16[32,3,3,8]{3,2,1,0}, u8[0]{0}) custom-call(bf16[4,16,16,8]{3,2,1,0}, "
+    "bf16[4,8,8,32]{3,2,1,0}), window={size=3x3 stride=2x2 pad=1_1x1_1}, "
+    'dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convBackwardFilter"'
+  )
   assert flop_count.hlo_flops(bare) == {"c": conv_flops}
 
 
@@ -177,8 +194,9 @@ def test_phase_2x2_upsampling_saves_its_taps():
   v = g.init(key, x, z, train=True)
 
   def flops(model):  # multiply-adds with real inputs
-    return sum(flop_count.jaxpr_flops(
-      lambda v, x, z: model.apply(v, x, z, train=False), v, x, z).values())
+    return sum(
+      flop_count.jaxpr_flops(lambda v, x, z: model.apply(v, x, z, train=False), v, x, z).values()
+    )
 
   # The two upsampling layers (8x6x32 -> 16x12x16 -> 32x24x8, batch 3).
   resize = 2 * 3 * 9 * (16 * 12 * 32 * 16 + 32 * 24 * 16 * 8)
@@ -187,5 +205,4 @@ def test_phase_2x2_upsampling_saves_its_taps():
   # phase_2x2 creates the layers' parameters by calling them once on a 3x3
   # input (one output pixel; unused, so XLA drops it).
   dummy_calls = 2 * 9 * (32 * 16 + 16 * 8)
-  np.testing.assert_allclose(flops(g) - flops(phase) + dummy_calls, resize - phase_2x2,
-                             rtol=1e-9)
+  np.testing.assert_allclose(flops(g) - flops(phase) + dummy_calls, resize - phase_2x2, rtol=1e-9)

@@ -48,14 +48,29 @@ def _run_script(tmp_path, fail_unless_flag, runs, **env_extra):
   fake.write_text(FAKE_PYTHON)
   fake.chmod(0o755)
   out, calls = tmp_path / "out", tmp_path / "calls.tsv"
-  env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", OUT=str(out),
-             CALLS=str(calls), REAL_PYTHON=sys.executable, FAIL_UNLESS_FLAG=fail_unless_flag, RUNS=runs,
-             PROFILE_RUN="", AUTOTUNE_CACHE=str(tmp_path / "autotune"),
-             PROFILES=str(tmp_path / "profiles"), XLA_FLAGS="--given_flag", **env_extra)
-  done = subprocess.run(["bash", "benchmarks/gpu_layouts.sh"], cwd=work, env=env,
-                        capture_output=True, text=True, timeout=60)
-  results = [json.loads(line) for line in
-             (out / "results.jsonl").read_text().splitlines()]
+  env = dict(
+    os.environ,
+    PATH=f"{bin_dir}:{os.environ['PATH']}",
+    OUT=str(out),
+    CALLS=str(calls),
+    REAL_PYTHON=sys.executable,
+    FAIL_UNLESS_FLAG=fail_unless_flag,
+    RUNS=runs,
+    PROFILE_RUN="",
+    AUTOTUNE_CACHE=str(tmp_path / "autotune"),
+    PROFILES=str(tmp_path / "profiles"),
+    XLA_FLAGS="--given_flag",
+    **env_extra,
+  )
+  done = subprocess.run(
+    ["bash", "benchmarks/gpu_layouts.sh"],
+    cwd=work,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
+  results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
   rows = [line.split("\t") for line in calls.read_text().splitlines()]
   return done, results, [(pathlib.Path(cwd), flags) for cwd, flags, _ in rows]
 
@@ -69,11 +84,15 @@ def test_a_working_default_runs_every_named_run_with_the_autotune_cache(tmp_path
 
 def test_runs_after_the_triton_fallback_keep_its_flag_and_say_so(tmp_path):
   done, results, calls = _run_script(
-    tmp_path, "--xla_gpu_enable_triton_gemm=false", "bf16 bf16_space_to_depth4")
+    tmp_path, "--xla_gpu_enable_triton_gemm=false", "bf16 bf16_space_to_depth4"
+  )
   assert done.returncode == 0, done.stderr
   assert [(r["run"], "error" in r) for r in results] == [
-    ("bf16", True), ("bf16_nocache", True), ("bf16_notriton", False),
-    ("bf16_space_to_depth4_notriton", False)]
+    ("bf16", True),
+    ("bf16_nocache", True),
+    ("bf16_notriton", False),
+    ("bf16_space_to_depth4_notriton", False),
+  ]
   assert results[0]["error"] == "RuntimeError: CUDA_ERROR_ILLEGAL_INSTRUCTION (simulated)"
   flags = [f for _, f in calls]
   assert "autotune_cache_dir" in flags[0]
@@ -95,8 +114,9 @@ def test_the_script_ends_with_the_verdict_of_its_lines(tmp_path):
   from fit_jax.models import generator_layout
 
   gpu = generator_layout.BY_PLATFORM["gpu"]
-  done, results, _ = _run_script(tmp_path, "", "bf16 bf16_space_to_depth4",
-                                 FAKE_LAYOUT=json.dumps(gpu), PYTHONPATH=str(ROOT))
+  done, results, _ = _run_script(
+    tmp_path, "", "bf16 bf16_space_to_depth4", FAKE_LAYOUT=json.dumps(gpu), PYTHONPATH=str(ROOT)
+  )
   assert done.returncode == 0, done.stderr
   assert [r["run"] for r in results] == ["bf16"] * 2 + ["bf16_space_to_depth4"] * 2
   verdict = json.loads((tmp_path / "out" / "verdict.json").read_text())
@@ -115,11 +135,22 @@ def test_the_time_budget_stops_a_run_skips_the_rest_and_keeps_the_verdict(tmp_pa
 
   gpu = generator_layout.BY_PLATFORM["gpu"]
   done, results, _ = _run_script(
-    tmp_path, "", "bf16 bf16_space_to_depth4 bf16_phase_2x2", FAKE_LAYOUT=json.dumps(gpu),
-    PYTHONPATH=str(ROOT), HANG_IF="rgb_block=4", BUDGET_S="6", MIN_RUN_S="2")
+    tmp_path,
+    "",
+    "bf16 bf16_space_to_depth4 bf16_phase_2x2",
+    FAKE_LAYOUT=json.dumps(gpu),
+    PYTHONPATH=str(ROOT),
+    HANG_IF="rgb_block=4",
+    BUDGET_S="6",
+    MIN_RUN_S="2",
+  )
   assert done.returncode == 0, done.stderr
   assert [(r["run"], r.get("rc")) for r in results] == [
-    ("bf16", None), ("bf16", None), ("bf16_space_to_depth4", 124), ("bf16_phase_2x2", 124)]
+    ("bf16", None),
+    ("bf16", None),
+    ("bf16_space_to_depth4", 124),
+    ("bf16_phase_2x2", 124),
+  ]
   assert results[2]["error"].startswith("stopped at BUDGET_S=6 s")
   assert results[3]["error"].startswith("not started:")
   verdict = json.loads((tmp_path / "out" / "verdict.json").read_text())

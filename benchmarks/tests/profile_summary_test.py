@@ -23,7 +23,9 @@ def test_scope_of_names_modules_and_direction():
     "jit(generator_step)/transpose(jvp(Generator))/block_3/conv_0/conv_general_dilated"
   ) == ("Generator/block_3", True)
   assert profile_summary.scope_of("jit(f)/jvp(Generator)/conv_general_dilated") == (
-    "Generator", False)
+    "Generator",
+    False,
+  )
   assert profile_summary.scope_of("jit(f)/concatenate") == ("(top level)", False)
 
 
@@ -47,7 +49,8 @@ def test_summary_of_a_real_cpu_trace(tmp_path):
   assert summary["top_ops"][0]["ms"] >= summary["top_ops"][-1]["ms"]
   # Every convolution of the module ran, so the FLOPs seen are the module's.
   assert summary["gflop"] == pytest.approx(
-    flop_count.hlo_module_flops(compiled.as_text()) / 1e9, abs=1e-3)
+    flop_count.hlo_module_flops(compiled.as_text()) / 1e9, abs=1e-3
+  )
   conv_ops = [op for op in summary["top_ops"] if op["category"] == "convolution"]
   assert conv_ops and all(op["gflop"] > 0 and op["tflops"] > 0 for op in conv_ops)
   assert summary["tflops_by_category"]["convolution"] > 0
@@ -82,8 +85,15 @@ def test_gpu_trace_layout_uses_streams_and_modules(tmp_path):
   ]
 
   def kernel(tid, name, op, ts, dur):
-    return {"ph": "X", "pid": 1, "tid": tid, "name": name, "ts": ts, "dur": dur,
-            "args": {"hlo_op": op, "hlo_module": "jit_step"}}
+    return {
+      "ph": "X",
+      "pid": 1,
+      "tid": tid,
+      "name": name,
+      "ts": ts,
+      "dur": dur,
+      "args": {"hlo_op": op, "hlo_module": "jit_step"},
+    }
 
   events = meta + [
     kernel(7, "sm90_xmma_fprop_bf16", "conv_fusion.3", 0, 600),

@@ -6,8 +6,8 @@ import pytest
 
 from benchmarks import flop_count, hlo
 from configs import tiny
-from fit_jax import batches, train, train_state
 from fit_jax import models as models_lib
+from fit_jax.training import batches, train, train_state
 
 
 def _setup(config):
@@ -17,8 +17,9 @@ def _setup(config):
   return mesh, state, train.TrainSteps(models, config, mesh, state)
 
 
-@pytest.mark.parametrize("fuse,norm_group_size,upsample",
-                         [(True, 4, "resize_conv"), (False, 0, "phase_2x2")])
+@pytest.mark.parametrize(
+  "fuse,norm_group_size,upsample", [(True, 4, "resize_conv"), (False, 0, "phase_2x2")]
+)
 def test_no_device_computes_another_devices_images(fuse, norm_group_size, upsample):
   """Data parallelism without replicated work: on 8 devices each device's
   compiled program does 1/8 of the model's FLOPs, in both steps. (Before,
@@ -35,8 +36,10 @@ def test_no_device_computes_another_devices_images(fuse, norm_group_size, upsamp
   batch = steps.put_batch(batches.random_batch(config, 16))
   key = jax.random.PRNGKey(0)
   generated = jax.eval_shape(steps.generator, state, batch, key)[1]
-  for step, args in ((steps.generator, (state, batch, key)),
-                     (steps.discriminator, (state, batch, generated, key))):
+  for step, args in (
+    (steps.generator, (state, batch, key)),
+    (steps.discriminator, (state, batch, generated, key)),
+  ):
     model = sum(flop_count.jaxpr_flops(step, *args).values())
     compiled = step.lower(*args).compile().as_text()
     assert flop_count.hlo_module_flops(compiled) * mesh.size == pytest.approx(model, rel=0.05)

@@ -48,8 +48,7 @@ def test_summary_in_cycles_and_ms_for_a_known_chip():
   # v5e: 1.5 GHz (197 TFLOP/s from 4 MXUs of 128 x 128), 819 GB/s.
   assert known["tpu_estimated_ms"] == pytest.approx(0.12)
   assert known["tpu_mcycles_by_kind"] == {"fusion:kOutput": 0.15, "fusion:kLoop": 0.03}
-  assert known["tpu_costliest_scopes"] == {"Generator/block_0": 0.15,
-                                           "Generator/block_0 bw": 0.03}
+  assert known["tpu_costliest_scopes"] == {"Generator/block_0": 0.15, "Generator/block_0 bw": 0.03}
   assert known["tpu_gathers_without_estimate"] == 1
   gather_bytes = 1156 * 8 * 256 * 2
   assert known["tpu_gather_gbytes_written"] == pytest.approx(gather_bytes / 1e9, abs=1e-3)

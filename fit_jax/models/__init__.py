@@ -12,8 +12,15 @@ from fit_jax.models.password_head import PasswordHead
 from fit_jax.models.sphereface import AngleLinear, SphereFace20a
 
 __all__ = [
-  "BRANCHES", "Generator", "MultiScaleDiscriminator", "PasswordHead",
-  "SphereFace20a", "FaceNetClassifier", "AngleLinear", "Models", "build_models",
+  "BRANCHES",
+  "Generator",
+  "MultiScaleDiscriminator",
+  "PasswordHead",
+  "SphereFace20a",
+  "FaceNetClassifier",
+  "AngleLinear",
+  "Models",
+  "build_models",
 ]
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -39,23 +46,24 @@ def build_models(model_config, platform: str | None = None) -> Models:
   written before an option existed) take `platform`'s entry in
   generator_layout (default: JAX's default backend)."""
   if model_config.dtype not in _DTYPES:
-    raise ValueError(
-      f"config.model.dtype={model_config.dtype!r} is not one of {sorted(_DTYPES)}"
-    )
+    raise ValueError(f"config.model.dtype={model_config.dtype!r} is not one of {sorted(_DTYPES)}")
   dtype = _DTYPES[model_config.dtype]
   norm = dict(norm=model_config.norm, norm_group_size=model_config.norm_group_size)
   g, d, q = model_config.generator, model_config.discriminator, model_config.password_head
   layout = generator_layout.resolve(
-    {name: g.get(name) for name in generator_layout.LAYOUT_OPTIONS}, platform)
+    {name: g.get(name) for name in generator_layout.LAYOUT_OPTIONS}, platform
+  )
   return Models(
     generator=Generator(
-      password_bits=model_config.password_bits, ngf=g.ngf,
-      num_downsampling=g.num_downsampling, num_blocks=g.num_blocks,
-      dtype=dtype, **layout, **norm,
+      password_bits=model_config.password_bits,
+      ngf=g.ngf,
+      num_downsampling=g.num_downsampling,
+      num_blocks=g.num_blocks,
+      dtype=dtype,
+      **layout,
+      **norm,
     ),
-    discriminator=MultiScaleDiscriminator(
-      ndf=d.ndf, num_layers=d.num_layers, dtype=dtype, **norm
-    ),
+    discriminator=MultiScaleDiscriminator(ndf=d.ndf, num_layers=d.num_layers, dtype=dtype, **norm),
     password_head=PasswordHead(
       password_bits=model_config.password_bits, ndf=q.ndf, dtype=dtype, **norm
     ),

@@ -46,19 +46,34 @@ class PatchGAN(nn.Module):
       # The first layer has a bias and no norm; the last stride-1 layer too.
       stride = 2 if i < self.num_layers else 1
       x = layers.Conv(
-        features, (4, 4), strides=(stride, stride), padding=pad,
-        add_bias=(i == 0), kernel_init=layers.conv_init, dtype=self.dtype,
-        param_dtype=self.param_dtype, name=f"conv_{i}",
+        features,
+        (4, 4),
+        strides=(stride, stride),
+        padding=pad,
+        add_bias=(i == 0),
+        kernel_init=layers.conv_init,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name=f"conv_{i}",
       )(x)
       if i > 0:
         x = layers.Norm(
-          self.norm, self.norm_group_size, dtype=self.dtype,
-          param_dtype=self.param_dtype, name=f"norm_{i}",
+          self.norm,
+          self.norm_group_size,
+          dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          name=f"norm_{i}",
         )(x, train, stat_groups)
       x = nn.leaky_relu(x, 0.2)
     x = nn.Conv(
-      1, (4, 4), padding=pad, use_bias=False, kernel_init=layers.conv_init,
-      dtype=self.dtype, param_dtype=self.param_dtype, name="conv_out",
+      1,
+      (4, 4),
+      padding=pad,
+      use_bias=False,
+      kernel_init=layers.conv_init,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="conv_out",
     )(x)
     return x.astype(jnp.float32)
 
@@ -75,16 +90,17 @@ class MultiScaleDiscriminator(nn.Module):
 
   def setup(self):
     kw = dict(
-      ndf=self.ndf, num_layers=self.num_layers, norm=self.norm,
-      norm_group_size=self.norm_group_size, dtype=self.dtype,
+      ndf=self.ndf,
+      num_layers=self.num_layers,
+      norm=self.norm,
+      norm_group_size=self.norm_group_size,
+      dtype=self.dtype,
       param_dtype=self.param_dtype,
     )
     self.fine_nets = {b: PatchGAN(**kw, name=f"fine_{b}") for b in BRANCHES}
     self.coarse_net = PatchGAN(**kw, name="coarse")
 
-  def __call__(
-    self, images: jax.Array, branch: str, train: bool
-  ) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, images: jax.Array, branch: str, train: bool) -> tuple[jax.Array, jax.Array]:
     """Both scales of one branch.
 
     Args:
@@ -100,9 +116,7 @@ class MultiScaleDiscriminator(nn.Module):
         self.fine(images, b, train)
     return self.fine(images, branch, train), self.coarse(images, train)
 
-  def fine(
-    self, images: jax.Array, branch: str, train: bool, stat_groups: int = 1
-  ) -> jax.Array:
+  def fine(self, images: jax.Array, branch: str, train: bool, stat_groups: int = 1) -> jax.Array:
     """The fine PatchGAN of one branch."""
     if branch not in BRANCHES:
       raise ValueError(f"branch {branch!r} is not one of {BRANCHES}")
@@ -110,6 +124,4 @@ class MultiScaleDiscriminator(nn.Module):
 
   def coarse(self, images: jax.Array, train: bool, stat_groups: int = 1) -> jax.Array:
     """The shared coarse PatchGAN; `stat_groups` batches several branches."""
-    return self.coarse_net(
-      avg_pool_exclude_pad(images.astype(jnp.float32)), train, stat_groups
-    )
+    return self.coarse_net(avg_pool_exclude_pad(images.astype(jnp.float32)), train, stat_groups)

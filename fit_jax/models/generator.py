@@ -61,22 +61,29 @@ class ResnetBlock(nn.Module):
       y = self._conv(i, x.shape[-1], "VALID")(y)
       # The first norm's ReLU and the second conv's padding in one op (its
       # gradient in two passes, norm_kernels.norm_act_pad).
-      y = self._norm(i)(y, train, stat_groups, relu=i == 0, pad=1 - i,
-                        pad_ops=self.reflect_pad_ops)
+      y = self._norm(i)(y, train, stat_groups, relu=i == 0, pad=1 - i, pad_ops=self.reflect_pad_ops)
     # No activation after the addition, as the original ResnetBlock.
     return x + y
 
   def _conv(self, i: int, features: int, conv_padding) -> nn.Conv:
     return nn.Conv(
-      features, (3, 3), padding=conv_padding, use_bias=False,
-      kernel_init=layers.conv_init, dtype=self.dtype,
-      param_dtype=self.param_dtype, name=f"conv_{i}",
+      features,
+      (3, 3),
+      padding=conv_padding,
+      use_bias=False,
+      kernel_init=layers.conv_init,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name=f"conv_{i}",
     )
 
   def _norm(self, i: int) -> layers.Norm:
     return layers.Norm(
-      self.norm, self.norm_group_size, dtype=self.dtype,
-      param_dtype=self.param_dtype, name=f"norm_{i}",
+      self.norm,
+      self.norm_group_size,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name=f"norm_{i}",
     )
 
   def _padded(self, x: jax.Array, train: bool) -> jax.Array:
@@ -140,8 +147,7 @@ class Generator(nn.Module):
 
   @nn.compact
   def __call__(
-    self, images: jax.Array, password: jax.Array, train: bool,
-    stat_groups: int = 1,
+    self, images: jax.Array, password: jax.Array, train: bool, stat_groups: int = 1
   ) -> jax.Array:
     """Transforms images under a password.
 
@@ -160,8 +166,9 @@ class Generator(nn.Module):
     # Each ReLU'd norm also applies the padding (and upsampling) its next
     # layer wants: (pad, upsample) below. Folded with trunk padding
     # `border`, the down layers and blocks keep their maps padded.
-    padded_trunk = (self.norm == "folded" and self.folded_trunk_padding == "border"
-                    and self.num_blocks > 0)
+    padded_trunk = (
+      self.norm == "folded" and self.folded_trunk_padding == "border" and self.num_blocks > 0
+    )
     up_input = (0, 1) if phase_up else (1, 2)
     trunk_output = up_input if nd else (3, 1)
 
@@ -174,9 +181,11 @@ class Generator(nn.Module):
 
     # c7s1-ngf: RGB and the password's constant channels.
     kernel = self.param(
-      "conv_in", layers.conv_init, (7, 7, 3 + self.password_bits, self.ngf), self.param_dtype)
-    x = rgb_layers.input_conv(images, password, kernel, self.rgb_conv, self.rgb_block,
-                              self.reflect_pad_ops, self.dtype)
+      "conv_in", layers.conv_init, (7, 7, 3 + self.password_bits, self.ngf), self.param_dtype
+    )
+    x = rgb_layers.input_conv(
+      images, password, kernel, self.rgb_conv, self.rgb_block, self.reflect_pad_ops, self.dtype
+    )
     x, padded = self._norm_relu("norm_in", x, train, stat_groups, down_input(-1))
 
     # d(2 ngf), d(4 ngf), ...: stride-2 3x3 convolutions.
@@ -184,12 +193,17 @@ class Generator(nn.Module):
     for i in range(nd):
       features *= 2
       x = nn.Conv(
-        features, (3, 3), strides=(2, 2),
+        features,
+        (3, 3),
+        strides=(2, 2),
         # Padded maps: 2 more zero pixels on each side make the output one
         # pixel larger on each side, its border, rewritten after the norm.
-        padding=((2, 2), (2, 2)) if padded_trunk else "VALID", use_bias=False,
-        kernel_init=layers.conv_init, dtype=self.dtype,
-        param_dtype=self.param_dtype, name=f"down_{i}",
+        padding=((2, 2), (2, 2)) if padded_trunk else "VALID",
+        use_bias=False,
+        kernel_init=layers.conv_init,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name=f"down_{i}",
       )(x if padded else padding.reflect_pad(x, 1, ops=self.reflect_pad_ops))
       x, padded = self._norm_relu(f"down_norm_{i}", x, train, stat_groups, down_input(i))
       if padded_trunk:
@@ -200,9 +214,14 @@ class Generator(nn.Module):
     trunk_border = "edge" if nd and phase_up else "reflect"
     for i in range(self.num_blocks):
       x = ResnetBlock(
-        self.norm, self.norm_group_size, self.reflect_pad_ops, padded_trunk,
+        self.norm,
+        self.norm_group_size,
+        self.reflect_pad_ops,
+        padded_trunk,
         border=trunk_border if i + 1 == self.num_blocks else "reflect",
-        dtype=self.dtype, param_dtype=self.param_dtype, name=f"block_{i}",
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name=f"block_{i}",
       )(x, train, stat_groups)
       padded = False
     edge_padded = padded_trunk and trunk_border == "edge"
@@ -214,17 +233,20 @@ class Generator(nn.Module):
     for i in range(nd):
       features //= 2
       conv = layers.Conv(
-        features, (3, 3), padding="VALID",
+        features,
+        (3, 3),
+        padding="VALID",
         # Folded, the resize-convolution's bias is carried by its norm's
-        # (fit_jax.inference); a phase layer adds its own before the
+        # (fit_jax.deploy.inference); a phase layer adds its own before the
         # depth-to-space, where XLA fuses it into the cuDNN call.
         add_bias=self.norm != "folded" or phase_up,
-        kernel_init=layers.conv_init, dtype=self.dtype,
-        param_dtype=self.param_dtype, name=f"up_{i}",
+        kernel_init=layers.conv_init,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name=f"up_{i}",
       )
       if phase_up:
-        x = upsampling.phase_2x2(conv, x, self.dtype, self.reflect_pad_ops,
-                                 edge_padded and i == 0)
+        x = upsampling.phase_2x2(conv, x, self.dtype, self.reflect_pad_ops, edge_padded and i == 0)
       else:
         x = upsampling.resize_conv(conv, x, padded, self.reflect_pad_ops)
       wanted = up_input if i + 1 < nd else (3, 1)
@@ -238,7 +260,11 @@ class Generator(nn.Module):
 
     # c7s1-3, then tanh. No global skip connection: the output is the tanh.
     x = rgb_layers.OutputConv(
-      self.rgb_conv, self.rgb_block, self.reflect_pad_ops, self.dtype, self.param_dtype,
+      self.rgb_conv,
+      self.rgb_block,
+      self.reflect_pad_ops,
+      self.dtype,
+      self.param_dtype,
       name="conv_out",
     )(x, padded)
     return jnp.tanh(x.astype(jnp.float32))
@@ -247,10 +273,8 @@ class Generator(nn.Module):
     """norm, ReLU and the next layer's (pad, upsample); and whether x is now padded."""
     pad, upsample = pad_upsample
     y = layers.Norm(
-      self.norm, self.norm_group_size, dtype=self.dtype, param_dtype=self.param_dtype,
-      name=name,
-    )(x, train, stat_groups, relu=True, pad=pad, upsample=upsample,
-      pad_ops=self.reflect_pad_ops)
+      self.norm, self.norm_group_size, dtype=self.dtype, param_dtype=self.param_dtype, name=name
+    )(x, train, stat_groups, relu=True, pad=pad, upsample=upsample, pad_ops=self.reflect_pad_ops)
     return y, pad > 0
 
   def _check(self, images: jax.Array, password: jax.Array) -> None:
@@ -261,13 +285,13 @@ class Generator(nn.Module):
     if self.rgb_block < 1:
       raise ValueError(f"rgb_block must be at least 1; got {self.rgb_block}")
     if self.folded_trunk_padding not in TRUNK_PADDING_MODES:
-      raise ValueError(f"folded_trunk_padding {self.folded_trunk_padding!r} is not one of "
-                       f"{TRUNK_PADDING_MODES}")
+      raise ValueError(
+        f"folded_trunk_padding {self.folded_trunk_padding!r} is not one of {TRUNK_PADDING_MODES}"
+      )
     if images.ndim != 4 or images.shape[-1] != 3:
       raise ValueError(f"images must be [B, H, W, 3]; got {images.shape}")
     n = self.password_bits
     if password.shape != (images.shape[0], n):
       raise ValueError(
-        f"password must be [B, {n}] (encoded bits) for B={images.shape[0]}; "
-        f"got {password.shape}"
+        f"password must be [B, {n}] (encoded bits) for B={images.shape[0]}; got {password.shape}"
       )

@@ -27,20 +27,35 @@ BY_PLATFORM = {
   # phase_2x2 ran faster than resize_conv in every round, paper-size folded
   # inference and demo-config training alike (9 % fewer FLOPs, on a backend
   # bound by them); 4x4 RGB blocks gained nothing on top; border lost.
-  "cpu": dict(upsample="phase_2x2", reflect_pad_ops="gather", rgb_conv="conv",
-              rgb_block=2, folded_trunk_padding="per_conv"),
+  "cpu": dict(
+    upsample="phase_2x2",
+    reflect_pad_ops="gather",
+    rgb_conv="conv",
+    rgb_block=2,
+    folded_trunk_padding="per_conv",
+  ),
   # H200, bf16, jax 0.11.2 (benchmarks/gpu_layouts.sh and its verdict, one
   # run): RGB layers on 4x4 pixel blocks with phase_2x2 up layers beat
   # resize_conv, conv, per_conv in training (0.0960 against 0.1084 s per
   # iteration at batch 48) and in folded inference (19,687 against 13,087
   # img/s at batch 256); border added to that (20,044 img/s).
-  "gpu": dict(upsample="phase_2x2", reflect_pad_ops="gather", rgb_conv="space_to_depth",
-              rgb_block=4, folded_trunk_padding="border"),
+  "gpu": dict(
+    upsample="phase_2x2",
+    reflect_pad_ops="gather",
+    rgb_conv="space_to_depth",
+    rgb_block=4,
+    folded_trunk_padding="border",
+  ),
   # TPU v5e by the compiler's own cost estimates (no TPU measured):
   # phase_2x2 costs more than resize_conv in both steps (relayout copies),
   # border more in inference.
-  "tpu": dict(upsample="resize_conv", reflect_pad_ops="gather", rgb_conv="conv",
-              rgb_block=2, folded_trunk_padding="per_conv"),
+  "tpu": dict(
+    upsample="resize_conv",
+    reflect_pad_ops="gather",
+    rgb_conv="conv",
+    rgb_block=2,
+    folded_trunk_padding="per_conv",
+  ),
 }
 
 
@@ -49,8 +64,7 @@ def platform_family(platform: str) -> str:
   GPUs)."""
   family = {"cuda": "gpu", "rocm": "gpu"}.get(platform.lower(), platform.lower())
   if family not in BY_PLATFORM:
-    raise ValueError(f"platform {platform!r} is not one of {sorted(BY_PLATFORM)} "
-                     "(or cuda, rocm)")
+    raise ValueError(f"platform {platform!r} is not one of {sorted(BY_PLATFORM)} (or cuda, rocm)")
   return family
 
 
@@ -68,11 +82,11 @@ def resolve(options: Mapping, platform: str | None = None) -> dict:
   """
   unknown = sorted(set(options) - set(LAYOUT_OPTIONS))
   if unknown:
-    raise ValueError(f"unknown generator layout options {unknown}; "
-                     f"known: {list(LAYOUT_OPTIONS)}")
+    raise ValueError(f"unknown generator layout options {unknown}; known: {list(LAYOUT_OPTIONS)}")
   best = BY_PLATFORM[platform_family(platform or jax.default_backend())]
-  return {name: best[name] if is_auto(options.get(name)) else options[name]
-          for name in LAYOUT_OPTIONS}
+  return {
+    name: best[name] if is_auto(options.get(name)) else options[name] for name in LAYOUT_OPTIONS
+  }
 
 
 def of(generator) -> dict:

@@ -37,7 +37,9 @@ class ConvRelu(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = nn.Conv(self.features, self.kernel, strides=self.strides, padding=self.padding, name="conv")(x)
+    x = nn.Conv(
+      self.features, self.kernel, strides=self.strides, padding=self.padding, name="conv"
+    )(x)
     return nn.relu(x) if self.relu else x
 
 
@@ -101,10 +103,10 @@ class InceptionResnetV1(nn.Module):
       x = ResidualBlock(BLOCK35, 0.17, name=f"block35_{i}")(x)
     x = jnp.concatenate(
       [
-        ConvRelu(384, (3, 3), strides=2, padding="VALID", name="Mixed_6a_Branch_0_Conv2d_1a_3x3")(x),
-        ConvRelu(
-          256, (3, 3), strides=2, padding="VALID", name="Mixed_6a_Branch_1_Conv2d_1a_3x3"
-        )(
+        ConvRelu(384, (3, 3), strides=2, padding="VALID", name="Mixed_6a_Branch_0_Conv2d_1a_3x3")(
+          x
+        ),
+        ConvRelu(256, (3, 3), strides=2, padding="VALID", name="Mixed_6a_Branch_1_Conv2d_1a_3x3")(
           ConvRelu(192, (3, 3), name="Mixed_6a_Branch_1_Conv2d_0b_3x3")(
             ConvRelu(192, (1, 1), name="Mixed_6a_Branch_1_Conv2d_0a_1x1")(x)
           )
@@ -125,7 +127,9 @@ class InceptionResnetV1(nn.Module):
         features, (3, 3), strides=2, padding="VALID", name=f"Mixed_7a_Branch_{branch}_Conv2d_1a_3x3"
       )(y)
 
-    x = jnp.concatenate([reduce(0, False), reduce(1, False), reduce(2, True), _max_pool(x)], axis=-1)
+    x = jnp.concatenate(
+      [reduce(0, False), reduce(1, False), reduce(2, True), _max_pool(x)], axis=-1
+    )
     for i in range(1, 6):
       x = ResidualBlock(BLOCK8, 0.20, name=f"block8_{i}")(x)
     x = ResidualBlock(BLOCK8, 1.0, relu=False, name="Block8")(x)

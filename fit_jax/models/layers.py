@@ -35,7 +35,7 @@ class Norm(nn.Module):
       default InstanceNorm, so every mode has the same parameters and a
       reference checkpoint loads into any of them). Per-image deterministic.
     folded: inference only; `batch` mode's running statistics and scale
-      already folded into the preceding convolution (fit_jax.inference), so
+      already folded into the preceding convolution (fit_jax.deploy.inference), so
       only a per-channel bias is left, which XLA fuses into the convolution.
 
   `group_size` > 0 computes batch statistics over consecutive groups of that
@@ -66,8 +66,15 @@ class Norm(nn.Module):
 
   @nn.compact
   def __call__(
-    self, x: jax.Array, train: bool, stat_groups: int = 1, *, relu: bool = False,
-    pad: int = 0, upsample: int = 1, pad_ops: str = "gather",
+    self,
+    x: jax.Array,
+    train: bool,
+    stat_groups: int = 1,
+    *,
+    relu: bool = False,
+    pad: int = 0,
+    upsample: int = 1,
+    pad_ops: str = "gather",
   ) -> jax.Array:
     """Normalises x [B, H, W, C]; then, if asked, a ReLU and padding.reflect_pad(.,
     pad, upsample, pad_ops): the next convolution's input. With batch or
@@ -92,13 +99,20 @@ class Norm(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
 
     if self.mode == "batch":
-      ra_mean = self.variable(
-        "batch_stats", "mean", jnp.zeros, (features,), jnp.float32
-      )
+      ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
       ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
       if not train:
-        return finish(norm_kernels.normalize(x.astype(jnp.float32), ra_mean.value, ra_var.value,
-                                 scale, bias, self.epsilon, self.dtype))
+        return finish(
+          norm_kernels.normalize(
+            x.astype(jnp.float32),
+            ra_mean.value,
+            ra_var.value,
+            scale,
+            bias,
+            self.epsilon,
+            self.dtype,
+          )
+        )
 
     batch = x.shape[0]
     if self.mode == "instance":
@@ -109,16 +123,16 @@ class Norm(nn.Module):
       chunk = batch // stat_groups
       group = self.group_size if 0 < self.group_size < chunk else chunk
       if chunk % group:
-        raise ValueError(
-          f"batch {chunk} is not divisible by the norm group size {group}"
-        )
+        raise ValueError(f"batch {chunk} is not divisible by the norm group size {group}")
       groups = (chunk // group, group, stat_groups)
     if pad_ops == "gather":
       y, mean, var = norm_kernels.norm_act_pad(
-        x, scale, bias, groups, self.epsilon, self.dtype, relu, pad, upsample)
+        x, scale, bias, groups, self.epsilon, self.dtype, relu, pad, upsample
+      )
     else:  # TFLite-friendly padding ops: the plain composition
       y, mean, var = norm_kernels.norm_act_pad_reference(
-        x, scale, bias, groups, self.epsilon, self.dtype, relu, 0, 1)
+        x, scale, bias, groups, self.epsilon, self.dtype, relu, 0, 1
+      )
       y = padding.reflect_pad(y, pad, upsample, ops=pad_ops)
 
     if self.mode != "instance" and self.is_mutable_collection("norm_moments"):
@@ -131,10 +145,10 @@ class Norm(nn.Module):
       n = groups[1] * x.shape[1] * x.shape[2]
       unbiased = jnp.mean(var.reshape(-1, features), axis=0) * n / max(n - 1, 1)
       m = self.momentum
-      ra_mean.value = (1 - m) * ra_mean.value + m * jnp.mean(
-        mean.reshape(-1, features), axis=0)
+      ra_mean.value = (1 - m) * ra_mean.value + m * jnp.mean(mean.reshape(-1, features), axis=0)
       ra_var.value = (1 - m) * ra_var.value + m * unbiased
     return y
+
 
 @jax.custom_vjp
 def bias_add(x: jax.Array, bias: jax.Array) -> jax.Array:
@@ -190,7 +204,5 @@ class PReLU(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    alpha = self.param(
-      "alpha", nn.initializers.constant(0.25), (x.shape[-1],), self.param_dtype
-    )
+    alpha = self.param("alpha", nn.initializers.constant(0.25), (x.shape[-1],), self.param_dtype)
     return jnp.where(x >= 0, x, alpha.astype(x.dtype) * x)

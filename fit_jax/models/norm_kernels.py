@@ -118,13 +118,25 @@ def _norm_act_pad_bwd(groups, epsilon, dtype, relu, pad, upsample, residuals, co
   # 207.0 GB with columns first (bfloat16: 104.2 -> 102.0 GB).
   columns_first = jnp.dtype(dtype).itemsize < 4
   return jax.lax.platform_dependent(
-    residuals, cotangents,
+    residuals,
+    cotangents,
     tpu=functools.partial(grads, sums_on_input_grid=upsample > 1, columns_first=False),
-    default=functools.partial(grads, sums_on_input_grid=False, columns_first=columns_first))
+    default=functools.partial(grads, sums_on_input_grid=False, columns_first=columns_first),
+  )
 
 
-def _norm_act_pad_grads(groups, epsilon, dtype, relu, pad, upsample, residuals, cotangents,
-                        sums_on_input_grid: bool, columns_first: bool = False):
+def _norm_act_pad_grads(
+  groups,
+  epsilon,
+  dtype,
+  relu,
+  pad,
+  upsample,
+  residuals,
+  cotangents,
+  sums_on_input_grid: bool,
+  columns_first: bool = False,
+):
   """norm_act_pad's gradient, with its per-group sums over x's grid (from
   P^T g) or over the output's padded grid (from P(x)), in one reduction or
   over columns first (`columns_first`: partial sums fenced, then the rest)."""
@@ -150,8 +162,10 @@ def _norm_act_pad_grads(groups, epsilon, dtype, relu, pad, upsample, residuals, 
     _, xhat, mask = terms(x)
     dy = masked(dy, mask)
     if not columns_first:
-      return (jnp.sum(dy, axis=_GROUP_AXES, keepdims=True),
-              jnp.sum(dy * xhat, axis=_GROUP_AXES, keepdims=True))
+      return (
+        jnp.sum(dy, axis=_GROUP_AXES, keepdims=True),
+        jnp.sum(dy * xhat, axis=_GROUP_AXES, keepdims=True),
+      )
     # As one reduction over images, rows and columns, XLA:GPU gave each of
     # the two sums its own copy of the ReLU mask's producer and, rather than
     # repeat its gather of x, wrote the mask out and read it back (the
@@ -159,12 +173,15 @@ def _norm_act_pad_grads(groups, epsilon, dtype, relu, pad, upsample, residuals, 
     # iteration at paper size; docs/performance.md).
     # Over columns first, the partial sums fenced (a few MB) so that XLA
     # does not merge the stages back, the mask stays in the reduction.
-    columns = jax.lax.optimization_barrier((jnp.sum(dy, axis=4, keepdims=True),
-                                            jnp.sum(dy * xhat, axis=4, keepdims=True)))
+    columns = jax.lax.optimization_barrier(
+      (jnp.sum(dy, axis=4, keepdims=True), jnp.sum(dy * xhat, axis=4, keepdims=True))
+    )
     return tuple(jnp.sum(c, axis=(1, 3), keepdims=True) for c in columns)
 
   if sums_on_input_grid and (pad or upsample > 1):
-    sum_dy, sum_dy_xhat = group_sums(x, padding.reflect_pad_transpose(g_out, pad, upsample, jnp.float32))
+    sum_dy, sum_dy_xhat = group_sums(
+      x, padding.reflect_pad_transpose(g_out, pad, upsample, jnp.float32)
+    )
   elif pad or upsample > 1:
     sum_dy, sum_dy_xhat = group_sums(padding.reflect_pad(x, pad, upsample), g_out)
   else:
@@ -176,8 +193,11 @@ def _norm_act_pad_grads(groups, epsilon, dtype, relu, pad, upsample, residuals, 
   dbias = jnp.sum(sum_dy, axis=channel_axes)
   dscale = jnp.sum(sum_dy_xhat, axis=channel_axes)
 
-  g = (padding.reflect_pad_transpose(g_out, pad, upsample, jnp.float32)
-       if pad or upsample > 1 else g_out)
+  g = (
+    padding.reflect_pad_transpose(g_out, pad, upsample, jnp.float32)
+    if pad or upsample > 1
+    else g_out
+  )
   centered, xhat, mask = terms(x)
   dy = masked(g, mask)
   dx = (scale.astype(jnp.float32) * rstd) * (dy - (sum_dy + xhat * sum_dy_xhat) / n)
@@ -185,8 +205,7 @@ def _norm_act_pad_grads(groups, epsilon, dtype, relu, pad, upsample, residuals, 
   # them, such as a loss on running averages): mean = sum(x) / n and
   # var = sum((x - mean)^2) / n, whose path through the mean is 0.
   dx = dx + (dmean + 2.0 * dvar * centered) / n
-  return (dx.reshape(x.shape).astype(x.dtype), dscale.astype(scale.dtype),
-          dbias.astype(bias.dtype))
+  return (dx.reshape(x.shape).astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype))
 
 
 norm_act_pad.defvjp(_norm_act_pad_fwd, _norm_act_pad_bwd)

@@ -75,8 +75,7 @@ def _reflect_pad_bwd(pad, upsample, _, grad):
   return (reflect_pad_transpose(grad, pad, upsample),)
 
 
-def reflect_pad_transpose(grad: jax.Array, pad: int, upsample: int,
-                           dtype=None) -> jax.Array:
+def reflect_pad_transpose(grad: jax.Array, pad: int, upsample: int, dtype=None) -> jax.Array:
   """The transpose of reflect_pad (no scatter): each pixel of x sums the
   cells of the padded, upsampled grid that copy it, accumulated in float32
   and returned in `dtype` (default: grad's).
@@ -97,7 +96,8 @@ def reflect_pad_transpose(grad: jax.Array, pad: int, upsample: int,
   return jax.lax.platform_dependent(
     grad,
     tpu=functools.partial(_transpose_as_slices, pad=pad, upsample=upsample, dtype=dtype),
-    default=functools.partial(_transpose_as_chain, pad=pad, upsample=upsample, dtype=dtype))
+    default=functools.partial(_transpose_as_chain, pad=pad, upsample=upsample, dtype=dtype),
+  )
 
 
 def _transpose_as_chain(grad: jax.Array, pad: int, upsample: int, dtype) -> jax.Array:
@@ -105,7 +105,8 @@ def _transpose_as_chain(grad: jax.Array, pad: int, upsample: int, dtype) -> jax.
   shape = (b, (h - 2 * pad) // upsample, (w - 2 * pad) // upsample, c)
   transpose = jax.linear_transpose(
     functools.partial(reflect_pad_reference, pad=pad, upsample=upsample),
-    jax.ShapeDtypeStruct(shape, jnp.float32))
+    jax.ShapeDtypeStruct(shape, jnp.float32),
+  )
   return transpose(grad.astype(jnp.float32))[0].astype(dtype)
 
 
@@ -118,8 +119,9 @@ def _transpose_as_slices(grad: jax.Array, pad: int, upsample: int, dtype) -> jax
       flips = [1] * r_flip + [2] * c_flip
       term = (jax.lax.rev(term, flips) if flips else term).astype(jnp.float32)
       if r_low or r_high or c_low or c_high:
-        term = jax.lax.pad(term, jnp.float32(0),
-                           ((0, 0, 0), (r_low, r_high, 0), (c_low, c_high, 0), (0, 0, 0)))
+        term = jax.lax.pad(
+          term, jnp.float32(0), ((0, 0, 0), (r_low, r_high, 0), (c_low, c_high, 0), (0, 0, 0))
+        )
       total = term if total is None else total + term
   return total.astype(dtype)
 
@@ -131,10 +133,15 @@ def _transpose_terms(size: int, pad: int, upsample: int) -> list[tuple]:
   full = size - 2 * pad
   n = full // upsample
   if upsample == 1:  # the centre, then each border as one mirrored block
-    return [(pad, pad + n, 1, False, 0, 0), (0, pad, 1, True, 1, n - 1 - pad),
-            (pad + n, size, 1, True, n - 1 - pad, 1)]
-  terms = [(pad + phase, pad + phase + upsample * (n - 1) + 1, upsample, False, 0, 0)
-           for phase in range(upsample)]
+    return [
+      (pad, pad + n, 1, False, 0, 0),
+      (0, pad, 1, True, 1, n - 1 - pad),
+      (pad + n, size, 1, True, n - 1 - pad, 1),
+    ]
+  terms = [
+    (pad + phase, pad + phase + upsample * (n - 1) + 1, upsample, False, 0, 0)
+    for phase in range(upsample)
+  ]
   rows = _reflect_indices(n, pad, upsample)
   for cell in [*range(pad), *range(pad + full, size)]:  # each border cell's row
     terms.append((cell, cell + 1, 1, False, rows[cell], n - 1 - rows[cell]))
@@ -178,7 +185,8 @@ def rewrite_border(y: jax.Array, pad: int, mode: str = "reflect") -> jax.Array:
   border = (r < pad) | (r >= h - pad) | (c < pad) | (c >= w - pad)
   dst_r, dst_c = r[border], c[border]
   return y.at[:, dst_r, dst_c].set(
-    y[:, rows[dst_r], cols[dst_c]], unique_indices=True, indices_are_sorted=True)
+    y[:, rows[dst_r], cols[dst_c]], unique_indices=True, indices_are_sorted=True
+  )
 
 
 def edge_pad(x: jax.Array, pad: int, ops: str = "gather") -> jax.Array:
@@ -213,7 +221,8 @@ def _edge_pad_bwd(pad, _, grad):
   b, h, w, c = grad.shape
   transpose = jax.linear_transpose(
     functools.partial(_edge_pad_by_slices, pad=pad),
-    jax.ShapeDtypeStruct((b, h - 2 * pad, w - 2 * pad, c), grad.dtype))
+    jax.ShapeDtypeStruct((b, h - 2 * pad, w - 2 * pad, c), grad.dtype),
+  )
   return transpose(grad)
 
 
@@ -222,7 +231,7 @@ def _edge_pad_by_slices(x, pad):
   mode also slices every axis it leaves unpadded; transposed, the batch
   axis's slice became a zero padding of the batch, which XLA's SPMD
   partitioner turned into a collective-permute between the devices of a
-  data-parallel mesh (tests/train_test.py checks that none remains)."""
+  data-parallel mesh (tests/training/train_test.py checks that none remains)."""
   for axis in (1, 2):
     n = x.shape[axis]
     first = jax.lax.slice_in_dim(x, 0, 1, axis=axis)

@@ -33,8 +33,7 @@ class PasswordHead(nn.Module):
 
   @nn.compact
   def __call__(
-    self, first: jax.Array, second: jax.Array, train: bool,
-    stat_groups: int = 1,
+    self, first: jax.Array, second: jax.Array, train: bool, stat_groups: int = 1
   ) -> jax.Array:
     """Digit logits of the password mapping `first` to `second`.
 
@@ -58,14 +57,23 @@ class PasswordHead(nn.Module):
     ]
     for i, (features, k, s, p) in enumerate(specs):
       x = layers.Conv(
-        features, (k, k), strides=(s, s), padding=((p, p), (p, p)),
-        add_bias=(i == 0), kernel_init=layers.conv_init, dtype=self.dtype,
-        param_dtype=self.param_dtype, name=f"conv_{i}",
+        features,
+        (k, k),
+        strides=(s, s),
+        padding=((p, p), (p, p)),
+        add_bias=(i == 0),
+        kernel_init=layers.conv_init,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name=f"conv_{i}",
       )(x)
       if i > 0:
         x = layers.Norm(
-          self.norm, self.norm_group_size, dtype=self.dtype,
-          param_dtype=self.param_dtype, name=f"norm_{i}",
+          self.norm,
+          self.norm_group_size,
+          dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          name=f"norm_{i}",
         )(x, train, stat_groups)
       x = nn.leaky_relu(x, 0.2)
     # AvgPool2d(2) of the 2x2 map at 128x128; a global mean generalises it to
@@ -73,7 +81,10 @@ class PasswordHead(nn.Module):
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     groups = self.password_bits // 4
     logits = nn.Dense(
-      16 * groups, kernel_init=layers.conv_init, dtype=jnp.float32,
-      param_dtype=self.param_dtype, name="heads",
+      16 * groups,
+      kernel_init=layers.conv_init,
+      dtype=jnp.float32,
+      param_dtype=self.param_dtype,
+      name="heads",
     )(x)
     return logits.reshape(x.shape[0], groups, 16)

@@ -33,8 +33,15 @@ RGB_CONV_MODES = ("conv", "space_to_depth")
 _ALIGN = 8
 
 
-def input_conv(images: jax.Array, password: jax.Array, kernel: jax.Array, rgb_conv: str,
-               block: int, pad_ops: str, dtype) -> jax.Array:
+def input_conv(
+  images: jax.Array,
+  password: jax.Array,
+  kernel: jax.Array,
+  rgb_conv: str,
+  block: int,
+  pad_ops: str,
+  dtype,
+) -> jax.Array:
   """lax.conv(reflect_pad(concat(images, broadcast(password)), 3), kernel) in
   float32: the RGB channels convolved, the password's added as a bias.
 
@@ -46,11 +53,15 @@ def input_conv(images: jax.Array, password: jax.Array, kernel: jax.Array, rgb_co
     x = conv_space_to_depth(images.astype(dtype), rgb_kernel, 3, pad_ops, block)
   else:
     x = jax.lax.conv_general_dilated(
-      padding.reflect_pad(images.astype(dtype), 3, ops=pad_ops), rgb_kernel,
-      window_strides=(1, 1), padding="VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      padding.reflect_pad(images.astype(dtype), 3, ops=pad_ops),
+      rgb_kernel,
+      window_strides=(1, 1),
+      padding="VALID",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
   password_bias = jnp.dot(
-    password.astype(jnp.float32), jnp.sum(kernel[:, :, 3:].astype(jnp.float32), axis=(0, 1)))
+    password.astype(jnp.float32), jnp.sum(kernel[:, :, 3:].astype(jnp.float32), axis=(0, 1))
+  )
   # Added in float32, as the normalisation computes anyway: in bfloat16,
   # XLA on GPU would make this per-image bias a full-size side input of the
   # cuDNN call (a materialised broadcast, two extra passes over the map).
@@ -71,18 +82,25 @@ class OutputConv(nn.Module):
   def __call__(self, x: jax.Array, padded: bool = False) -> jax.Array:
     """x: [B, H, W, C], or already reflect-padded by 3 if `padded` (rgb_conv
     `conv` or `space_to_depth`)."""
-    kernel = self.param(
-      "kernel", layers.conv_init, (7, 7, x.shape[-1], 3), self.param_dtype)
+    kernel = self.param("kernel", layers.conv_init, (7, 7, x.shape[-1], 3), self.param_dtype)
     bias = self.param("bias", nn.initializers.zeros, (3,), self.param_dtype)
     if self.rgb_conv == "space_to_depth":
       y = conv_space_to_depth(
-        x.astype(self.dtype), kernel.astype(self.dtype), 3, self.reflect_pad_ops, self.block,
-        padded=padded)
+        x.astype(self.dtype),
+        kernel.astype(self.dtype),
+        3,
+        self.reflect_pad_ops,
+        self.block,
+        padded=padded,
+      )
       return layers.bias_add(y, bias)
     if not padded:
       x = padding.reflect_pad(x, 3, ops=self.reflect_pad_ops)
     y = jax.lax.conv_general_dilated(
-      x.astype(self.dtype), kernel.astype(self.dtype), window_strides=(1, 1), padding="VALID",
+      x.astype(self.dtype),
+      kernel.astype(self.dtype),
+      window_strides=(1, 1),
+      padding="VALID",
       dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
     return layers.bias_add(y, bias)
@@ -93,8 +111,7 @@ def _aligned(n: int) -> int:
 
 
 def conv_space_to_depth(
-  x: jax.Array, kernel: jax.Array, pad: int, pad_ops: str, block: int = 2,
-  padded: bool = False,
+  x: jax.Array, kernel: jax.Array, pad: int, pad_ops: str, block: int = 2, padded: bool = False
 ) -> jax.Array:
   """lax.conv(reflect_pad(x, pad), kernel, VALID), computed on block x block
   pixel blocks: a convolution whose channels are (pixel in block, channel).
@@ -141,12 +158,14 @@ def conv_space_to_depth(
   extra_in, extra_out = _aligned(cin_blocked), _aligned(cout_blocked)
   blocks = padded.reshape(b, rows // block, block, cols // block, block, cin)
   blocks = jnp.transpose(blocks, (0, 1, 3, 2, 4, 5)).reshape(
-    b, rows // block, cols // block, cin_blocked)
+    b, rows // block, cols // block, cin_blocked
+  )
   blocks = jnp.pad(blocks, ((0, 0),) * 3 + ((0, extra_in),))
   blocked = _blocked_kernel(kernel, block, n)
   blocked = jnp.pad(blocked, ((0, 0), (0, 0), (0, extra_in), (0, extra_out)))
   out = jax.lax.conv_general_dilated(
-    blocks, blocked, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    blocks, blocked, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
   out = jax.lax.slice_in_dim(out, 0, cout_blocked, axis=3)
   out = out.reshape(b, h // block, w // block, block, block, cout)
   return jnp.transpose(out, (0, 1, 3, 2, 4, 5)).reshape(b, h, w, cout)
@@ -171,9 +190,14 @@ def _blocked_kernel(kernel: jax.Array, block: int, n: int) -> jax.Array:
   rows = []
   for dy in range(n):
     along_y = jnp.einsum("ypq,yxco->pqxco", jnp.asarray(select[:, dy], kernel.dtype), kernel)
-    rows.append(jnp.stack([
-      jnp.einsum("pqxco,xrs->prcqso", along_y, jnp.asarray(select[:, dx], kernel.dtype))
-      .reshape(block * block * cin, block * block * cout)
-      for dx in range(n)
-    ]))
+    rows.append(
+      jnp.stack(
+        [
+          jnp.einsum(
+            "pqxco,xrs->prcqso", along_y, jnp.asarray(select[:, dx], kernel.dtype)
+          ).reshape(block * block * cin, block * block * cout)
+          for dx in range(n)
+        ]
+      )
+    )
   return jnp.stack(rows)

@@ -2,7 +2,7 @@
 
 A port of `sphere20a` / `AngleLinear` from clcarwin/sphereface_pytorch (as
 copied into the original `models/net_sphere.py`). The A-Softmax *loss* is a
-pure function in `fit_jax.losses`.
+pure function in `fit_jax.training.losses`.
 """
 
 import math
@@ -42,9 +42,9 @@ class AngleLinear(nn.Module):
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     if self.margin != 4:
       raise ValueError("only m=4 (sphere20a) is implemented")
-    w = self.param(
-      "weight", _angle_init, (x.shape[-1], self.num_classes), self.param_dtype
-    ).astype(jnp.float32)
+    w = self.param("weight", _angle_init, (x.shape[-1], self.num_classes), self.param_dtype).astype(
+      jnp.float32
+    )
     x = x.astype(jnp.float32)
     # w.renorm(2, 1, 1e-5).mul(1e5): columns scaled to unit norm (torch's
     # renorm divides by norm + 1e-7).
@@ -77,9 +77,7 @@ class SphereFace20a(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(
-    self, crops: jax.Array
-  ) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
+  def __call__(self, crops: jax.Array) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
     """Recognises aligned crops.
 
     Args:
@@ -100,22 +98,25 @@ class SphereFace20a(nn.Module):
     # NHWC flatten; the torch converter permutes fc5 from the CHW order.
     x = x.reshape(x.shape[0], -1)
     features = nn.Dense(
-      self.embedding_dim, dtype=self.dtype, param_dtype=self.param_dtype,
-      name="fc5",
+      self.embedding_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="fc5"
     )(x).astype(jnp.float32)
-    logits = AngleLinear(
-      self.num_classes, param_dtype=self.param_dtype, name="fc6"
-    )(features)
+    logits = AngleLinear(self.num_classes, param_dtype=self.param_dtype, name="fc6")(features)
     return logits, features
 
   def _conv_prelu(self, x, features, stride, suffix):
     fan_in = 9 * x.shape[-1]
     x = layers.Conv(
-      features, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)), add_bias=True,
+      features,
+      (3, 3),
+      strides=(stride, stride),
+      padding=((1, 1), (1, 1)),
+      add_bias=True,
       # torch's default conv init: kaiming_uniform(a=sqrt(5)).
       kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
       bias_init=_uniform_bias(fan_in),
-      dtype=self.dtype, param_dtype=self.param_dtype, name=f"conv{suffix}",
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name=f"conv{suffix}",
     )(x)
     return layers.PReLU(self.param_dtype, name=f"prelu{suffix}")(x)
 

@@ -26,8 +26,9 @@ def resize_conv(conv: layers.Conv, x: jax.Array, padded: bool, pad_ops: str) -> 
   return conv(x if padded else padding.reflect_pad(x, 1, 2, ops=pad_ops))
 
 
-def phase_2x2(conv: layers.Conv, x: jax.Array, dtype, pad_ops: str,
-                           edge_padded: bool = False) -> jax.Array:
+def phase_2x2(
+  conv: layers.Conv, x: jax.Array, dtype, pad_ops: str, edge_padded: bool = False
+) -> jax.Array:
   """conv(reflect_pad(nearest_x2(x), 1)) as one 2x2 convolution of x.
 
   Per axis, output pixel 2i + a reads two rows of x edge-padded by one (xp):
@@ -58,19 +59,21 @@ def phase_2x2(conv: layers.Conv, x: jax.Array, dtype, pad_ops: str,
 
   cout = kernel.shape[3]
   stacked = jnp.stack(
-    [jnp.stack(taps(rows, 1), axis=3) for rows in taps(kernel, 0)], axis=3,
+    [jnp.stack(taps(rows, 1), axis=3) for rows in taps(kernel, 0)], axis=3
   ).reshape(2, 2, c, 4 * cout)  # output channel (a * 2 + b) * Cout + o
   xp = x.astype(dtype) if edge_padded else padding.edge_pad(x.astype(dtype), 1, ops=pad_ops)
   y = jax.lax.conv_general_dilated(
-    xp, stacked.astype(dtype), (1, 1),
-    "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))  # [B, H + 1, W + 1, 4 Cout]
+    xp, stacked.astype(dtype), (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )  # [B, H + 1, W + 1, 4 Cout]
   if "bias" in conv.variables["params"]:
     y = layers.bias_add(y, jnp.tile(conv.variables["params"]["bias"], 4))
 
   # out[:, 2i + a, 2j + b] = y[:, i + a, j + b, group (a, b)].
   return jax.lax.platform_dependent(
     y.reshape(b, h + 1, w + 1, 2, 2, cout),
-    tpu=_phase_windows_stacked, default=_phase_windows_shifted)
+    tpu=_phase_windows_stacked,
+    default=_phase_windows_shifted,
+  )
 
 
 def _phase_windows_shifted(y: jax.Array) -> jax.Array:
@@ -94,8 +97,9 @@ def _phase_windows_stacked(y: jax.Array) -> jax.Array:
   h, w = h - 1, w - 1
 
   def phase(a, b_):  # [B, H, W, C]: phase (a, b) of every output pixel
-    return jax.lax.slice(y, (0, a, b_, a, b_, 0), (b, a + h, b_ + w, a + 1, b_ + 1, cout)
-                         ).reshape(b, h, w, cout)
+    return jax.lax.slice(y, (0, a, b_, a, b_, 0), (b, a + h, b_ + w, a + 1, b_ + 1, cout)).reshape(
+      b, h, w, cout
+    )
 
   rows = [jnp.stack([phase(a, 0), phase(a, 1)], axis=3) for a in (0, 1)]  # [B, H, W, 2, C]
   return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, cout)  # [B, H, 2, W, 2, C]

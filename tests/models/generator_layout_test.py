@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fit_jax import inference
 from fit_jax import models as models_lib
+from fit_jax.deploy import inference
 from fit_jax.models import generator_layout
 
 
@@ -26,23 +26,33 @@ def test_every_entry_computes_the_reference_layout_with_its_parameters(platform)
   x = jax.random.uniform(key, (2, 32, 32, 3), minval=-1, maxval=1)
   z = jax.random.bernoulli(key, 0.5, (2, 16)) - 0.5
   variables = reference.init(key, x, z, train=True)
-  assert (jax.tree.map(jnp.shape, model.init(key, x, z, train=True))
-          == jax.tree.map(jnp.shape, variables))
-  np.testing.assert_allclose(model.apply(variables, x, z, train=False),
-                             reference.apply(variables, x, z, train=False), atol=1e-5)
+  assert jax.tree.map(jnp.shape, model.init(key, x, z, train=True)) == jax.tree.map(
+    jnp.shape, variables
+  )
+  np.testing.assert_allclose(
+    model.apply(variables, x, z, train=False),
+    reference.apply(variables, x, z, train=False),
+    atol=1e-5,
+  )
   folded, folded_vars = inference.fold_batch_norm(model, variables)
-  np.testing.assert_allclose(folded.apply(folded_vars, x, z, train=False),
-                             reference.apply(variables, x, z, train=False), atol=1e-5)
+  np.testing.assert_allclose(
+    folded.apply(folded_vars, x, z, train=False),
+    reference.apply(variables, x, z, train=False),
+    atol=1e-5,
+  )
 
 
 def test_auto_none_and_absent_take_the_platforms_entry_named_values_stay():
   gpu = generator_layout.BY_PLATFORM["gpu"]
   assert generator_layout.resolve({}, "cuda") == gpu
   assert generator_layout.resolve({}, "rocm") == gpu
-  assert generator_layout.resolve(
-    {name: "auto" for name in generator_layout.LAYOUT_OPTIONS}, "gpu") == gpu
-  pinned = generator_layout.resolve({"upsample": "phase_2x2", "rgb_block": 4,
-                                     "rgb_conv": None}, "tpu")
+  assert (
+    generator_layout.resolve({name: "auto" for name in generator_layout.LAYOUT_OPTIONS}, "gpu")
+    == gpu
+  )
+  pinned = generator_layout.resolve(
+    {"upsample": "phase_2x2", "rgb_block": 4, "rgb_conv": None}, "tpu"
+  )
   tpu = generator_layout.BY_PLATFORM["tpu"]
   assert pinned == {**tpu, "upsample": "phase_2x2", "rgb_block": 4}
   # No platform: JAX's default backend (CPU in the tests).

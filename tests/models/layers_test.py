@@ -36,13 +36,15 @@ def test_conv_has_nn_conv_parameters_and_values():
   def bias_init(key, shape, dtype=jnp.float32):
     return jax.random.uniform(key, shape, dtype)
 
-  ours = layers.Conv(5, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), add_bias=True,
-                     bias_init=bias_init)
+  ours = layers.Conv(
+    5, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), add_bias=True, bias_init=bias_init
+  )
   theirs = nn.Conv(5, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), bias_init=bias_init)
   v = ours.init(jax.random.PRNGKey(1), x)
   v_ref = theirs.init(jax.random.PRNGKey(1), x)
   assert jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), v, v_ref) == {
-    "params": {"kernel": True, "bias": True}}
+    "params": {"kernel": True, "bias": True}
+  }
   np.testing.assert_allclose(ours.apply(v, x), theirs.apply(v, x), rtol=1e-6)
   no_bias = layers.Conv(5, (3, 3)).init(jax.random.PRNGKey(1), x)
   assert list(no_bias["params"]) == ["kernel"]
@@ -50,17 +52,20 @@ def test_conv_has_nn_conv_parameters_and_values():
     layers.Conv(5, (3, 3), use_bias=True).init(jax.random.PRNGKey(1), x)
 
 
-@pytest.mark.parametrize("groups,dtype,relu,pad,upsample", [
-  # Norm groups of 3 images, 2 fused calls (Norm's layout): every activation
-  # and padding the generator uses.
-  ((2, 3, 2), jnp.float32, False, 0, 1),
-  ((2, 3, 2), jnp.float32, True, 1, 1),
-  ((2, 3, 2), jnp.bfloat16, True, 1, 1),
-  ((2, 3, 2), jnp.float32, True, 1, 2),
-  ((2, 3, 2), jnp.bfloat16, True, 3, 1),
-  ((2, 3, 2), jnp.float32, True, 0, 1),
-  ((12, 1, 1), jnp.float32, True, 1, 1),  # instance statistics
-])
+@pytest.mark.parametrize(
+  "groups,dtype,relu,pad,upsample",
+  [
+    # Norm groups of 3 images, 2 fused calls (Norm's layout): every activation
+    # and padding the generator uses.
+    ((2, 3, 2), jnp.float32, False, 0, 1),
+    ((2, 3, 2), jnp.float32, True, 1, 1),
+    ((2, 3, 2), jnp.bfloat16, True, 1, 1),
+    ((2, 3, 2), jnp.float32, True, 1, 2),
+    ((2, 3, 2), jnp.bfloat16, True, 3, 1),
+    ((2, 3, 2), jnp.float32, True, 0, 1),
+    ((12, 1, 1), jnp.float32, True, 1, 1),  # instance statistics
+  ],
+)
 def test_norm_act_pad_gradient_is_the_automatic_one(groups, dtype, relu, pad, upsample):
   keys = jax.random.split(jax.random.PRNGKey(0), 6)
   shape = (12, 6, 8, 6)
@@ -71,7 +76,9 @@ def test_norm_act_pad_gradient_is_the_automatic_one(groups, dtype, relu, pad, up
   bias = 0.1 * jax.random.normal(keys[2], (6,))
   args = (groups, 1e-5, dtype, relu, pad, upsample)
   out, vjp = jax.vjp(lambda *a: norm_kernels.norm_act_pad(*a, *args), x, scale, bias)
-  ref_out, ref_vjp = jax.vjp(lambda *a: norm_kernels.norm_act_pad_reference(*a, *args), x, scale, bias)
+  ref_out, ref_vjp = jax.vjp(
+    lambda *a: norm_kernels.norm_act_pad_reference(*a, *args), x, scale, bias
+  )
   for a, b in zip(out, ref_out):
     np.testing.assert_array_equal(a, b)
   assert out[0].shape == (12, (6 * upsample + 2 * pad), (8 * upsample + 2 * pad), 6)
@@ -87,9 +94,12 @@ def test_norm_act_pad_gradient_is_the_automatic_one(groups, dtype, relu, pad, up
   # TPU's (one reduction, over x's grid from P^T g or over the padded grid)
   # and the GPU's (columns first; bfloat16 only).
   residuals = (x, out[1], out[2], scale, bias)
-  others = [norm_kernels._norm_act_pad_grads(*args, residuals, cotangents, sums_on_input_grid=on_input,
-                                       columns_first=columns_first)
-            for on_input, columns_first in ((True, False), (False, False), (False, True))]
+  others = [
+    norm_kernels._norm_act_pad_grads(
+      *args, residuals, cotangents, sums_on_input_grid=on_input, columns_first=columns_first
+    )
+    for on_input, columns_first in ((True, False), (False, False), (False, True))
+  ]
   for ours_or_tpus in (ours, *others):
     for g, r in zip(ours_or_tpus, ref):
       g, r = np.asarray(g, np.float32)[..., :5], np.asarray(r, np.float32)[..., :5]
@@ -109,9 +119,15 @@ def test_norm_act_pad_gradient_is_the_automatic_one(groups, dtype, relu, pad, up
   rstd = 1 / np.sqrt(var + 1e-5)
   xhat = (x64 - mean) * rstd
   sum_dy, sum_dy_xhat = dy.sum(axis=axes, keepdims=True), (dy * xhat).sum(axis=axes, keepdims=True)
-  dx = (np.asarray(scale, np.float64) * rstd * (dy - (sum_dy + xhat * sum_dy_xhat) / n)
-        + (dmean + 2 * dvar * (x64 - mean)) / n)
-  expected = [dx.reshape(shape), (dy * xhat).sum(axis=(0, 1, 2, 3, 4)), dy.sum(axis=(0, 1, 2, 3, 4))]
+  dx = (
+    np.asarray(scale, np.float64) * rstd * (dy - (sum_dy + xhat * sum_dy_xhat) / n)
+    + (dmean + 2 * dvar * (x64 - mean)) / n
+  )
+  expected = [
+    dx.reshape(shape),
+    (dy * xhat).sum(axis=(0, 1, 2, 3, 4)),
+    dy.sum(axis=(0, 1, 2, 3, 4)),
+  ]
   for g, r, e in zip(ours, ref, expected):
     g, r = np.asarray(g, np.float64), np.asarray(r, np.float64)
     np.testing.assert_allclose(g[..., :5], e[..., :5], rtol=1e-4, atol=1e-4 * np.abs(e).max())
@@ -120,10 +136,17 @@ def test_norm_act_pad_gradient_is_the_automatic_one(groups, dtype, relu, pad, up
     assert np.abs(g - e)[..., 5].max() <= np.abs(r - e)[..., 5].max()
 
 
-@pytest.mark.parametrize("mode,train,pad_ops", [
-  ("batch_stats", True, "gather"), ("batch", True, "gather"), ("batch", False, "gather"),
-  ("instance", True, "gather"), ("folded", False, "gather"), ("batch_stats", True, "concatenate"),
-])
+@pytest.mark.parametrize(
+  "mode,train,pad_ops",
+  [
+    ("batch_stats", True, "gather"),
+    ("batch", True, "gather"),
+    ("batch", False, "gather"),
+    ("instance", True, "gather"),
+    ("folded", False, "gather"),
+    ("batch_stats", True, "concatenate"),
+  ],
+)
 def test_norm_with_relu_and_padding_is_the_composition(mode, train, pad_ops):
   """Norm(relu=True, pad, upsample) == reflect_pad(relu(Norm(x))) in every
   mode, parameters, running statistics and gradients included."""
@@ -136,15 +159,28 @@ def test_norm_with_relu_and_padding_is_the_composition(mode, train, pad_ops):
     variables = {"params": {"bias": jnp.array([0.5, -0.5, 0.0])}}
 
   def fused(params, x):
-    return norm.apply({**variables, "params": params}, x, train, stat_groups=2, relu=True,
-                      pad=1, upsample=2, pad_ops=pad_ops, mutable=["batch_stats"])
+    return norm.apply(
+      {**variables, "params": params},
+      x,
+      train,
+      stat_groups=2,
+      relu=True,
+      pad=1,
+      upsample=2,
+      pad_ops=pad_ops,
+      mutable=["batch_stats"],
+    )
 
   def composed(params, x):
-    y, updates = norm.apply({**variables, "params": params}, x, train, stat_groups=2,
-                            mutable=["batch_stats"])
+    y, updates = norm.apply(
+      {**variables, "params": params}, x, train, stat_groups=2, mutable=["batch_stats"]
+    )
     return padding.reflect_pad_reference(jax.nn.relu(y), 1, 2), updates
 
-  (out, updates), (ref, ref_updates) = fused(variables["params"], x), composed(variables["params"], x)
+  (out, updates), (ref, ref_updates) = (
+    fused(variables["params"], x),
+    composed(variables["params"], x),
+  )
   assert out.shape == (4, 14, 14, 3)
   np.testing.assert_allclose(out, ref, atol=1e-6)
   for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(ref_updates)):
@@ -152,7 +188,8 @@ def test_norm_with_relu_and_padding_is_the_composition(mode, train, pad_ops):
   weights = jax.random.normal(jax.random.PRNGKey(2), out.shape)
   grads = jax.grad(lambda *a: jnp.sum(fused(*a)[0] * weights), (0, 1))(variables["params"], x)
   ref_grads = jax.grad(lambda *a: jnp.sum(composed(*a)[0] * weights), (0, 1))(
-    variables["params"], x)
+    variables["params"], x
+  )
   for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
@@ -169,7 +206,7 @@ def test_one_pass_moments_are_as_accurate_as_two_passes():
   np.testing.assert_allclose(mean, x64.mean(axis=(1, 3, 4), keepdims=True), rtol=1e-7)
   np.testing.assert_allclose(var, x64.var(axis=(1, 3, 4), keepdims=True), rtol=1e-4)
   # The unshifted one-pass form, in float32, is off by percents here.
-  naive = np.mean(x ** 2, axis=(1, 3, 4)) - np.mean(x, axis=(1, 3, 4)) ** 2
+  naive = np.mean(x**2, axis=(1, 3, 4)) - np.mean(x, axis=(1, 3, 4)) ** 2
   assert np.abs(naive / x64.var(axis=(1, 3, 4)) - 1).max() > 1e-2
 
 
@@ -183,14 +220,17 @@ def test_edge_pad_is_jnp_pad_with_a_scatter_free_gradient():
     return jnp.sum(pad_fn(x, 2) * weights)
 
   grad = jax.grad(functools.partial(loss, padding.edge_pad))
-  np.testing.assert_allclose(grad(x), jax.grad(functools.partial(loss, padding.edge_pad_reference))(x),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    grad(x), jax.grad(functools.partial(loss, padding.edge_pad_reference))(x), rtol=1e-6
+  )
   assert "scatter" not in str(jax.make_jaxpr(grad)(x))
   with pytest.raises(ValueError, match="edge pad ops 'wrap' is not one of"):
     padding.edge_pad(x, 1, ops="wrap")
 
 
-@pytest.mark.parametrize("mode,pad_fn", [("reflect", padding.reflect_pad), ("edge", padding.edge_pad)])
+@pytest.mark.parametrize(
+  "mode,pad_fn", [("reflect", padding.reflect_pad), ("edge", padding.edge_pad)]
+)
 @pytest.mark.parametrize("shape,pad", [((2, 7, 9, 3), 1), ((1, 10, 8, 2), 2)])
 def test_rewrite_border_is_a_padding_of_the_interior(shape, pad, mode, pad_fn):
   x = jax.random.normal(jax.random.PRNGKey(0), shape)

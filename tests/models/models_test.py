@@ -93,22 +93,37 @@ def test_password_channels_folded_exactly():
   kernel = v["params"]["conv_in"]
   full = jnp.concatenate([x, jnp.broadcast_to(z[:, None, None], (2, 32, 32, 16))], -1)
   naive = jax.lax.conv_general_dilated(
-    padding.reflect_pad(full, 3), kernel, (1, 1), "VALID",
+    padding.reflect_pad(full, 3),
+    kernel,
+    (1, 1),
+    "VALID",
     dimension_numbers=("NHWC", "HWIO", "NHWC"),
   )
   _, inter = g.apply(v, x, z, train=True, capture_intermediates=True)
   del inter
-  folded = jax.lax.conv_general_dilated(
-    padding.reflect_pad(x, 3), kernel[:, :, :3], (1, 1), "VALID",
-    dimension_numbers=("NHWC", "HWIO", "NHWC"),
-  ) + (z @ kernel[:, :, 3:].sum((0, 1)))[:, None, None]
+  folded = (
+    jax.lax.conv_general_dilated(
+      padding.reflect_pad(x, 3),
+      kernel[:, :, :3],
+      (1, 1),
+      "VALID",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    + (z @ kernel[:, :, 3:].sum((0, 1)))[:, None, None]
+  )
   np.testing.assert_allclose(folded, naive, atol=1e-5)
 
 
-@pytest.mark.parametrize("shape,pad,upsample", [
-  ((2, 5, 7, 3), 1, 1), ((2, 9, 6, 4), 3, 1), ((2, 4, 6, 3), 1, 2), ((1, 3, 5, 2), 3, 2),
-  ((1, 2, 2, 1), 1, 2),
-])
+@pytest.mark.parametrize(
+  "shape,pad,upsample",
+  [
+    ((2, 5, 7, 3), 1, 1),
+    ((2, 9, 6, 4), 3, 1),
+    ((2, 4, 6, 3), 1, 2),
+    ((1, 3, 5, 2), 3, 2),
+    ((1, 2, 2, 1), 1, 2),
+  ],
+)
 def test_reflect_pad_is_upsample_then_pad(shape, pad, upsample):
   """The one-gather reflect pad (with nearest upsampling folded in) equals
   nn.Upsample + nn.ReflectionPad2d composed of plain ops, value and gradient,
@@ -123,23 +138,29 @@ def test_reflect_pad_is_upsample_then_pad(shape, pad, upsample):
   grad = jax.vjp(lambda x: padding.reflect_pad(x, pad, upsample), x)[1](cotangent)[0]
   grad_ref = jax.vjp(lambda x: padding.reflect_pad_reference(x, pad, upsample), x)[1](cotangent)[0]
   np.testing.assert_allclose(grad, grad_ref, rtol=1e-6, atol=1e-6)
-  grad_jaxpr = str(jax.make_jaxpr(jax.grad(lambda x: jnp.sum(padding.reflect_pad(x, pad, upsample))))(x))
+  grad_jaxpr = str(
+    jax.make_jaxpr(jax.grad(lambda x: jnp.sum(padding.reflect_pad(x, pad, upsample))))(x)
+  )
   assert "scatter" not in grad_jaxpr
   # In bf16 the cells that copy one pixel (up to 16 with upsampling) are
   # summed in float32 and rounded once, by the GPU/CPU formulation (the
   # default here) and the TPU one alike.
   cotangent16 = cotangent.astype(jnp.bfloat16)
   grad16 = jax.vjp(lambda x: padding.reflect_pad(x, pad, upsample), x.astype(jnp.bfloat16))[1](
-    cotangent16)[0]
+    cotangent16
+  )[0]
   exact = jax.vjp(lambda x: padding.reflect_pad_reference(x, pad, upsample), x)[1](
-    cotangent16.astype(jnp.float32))[0]
+    cotangent16.astype(jnp.float32)
+  )[0]
   assert grad16.dtype == jnp.bfloat16
   np.testing.assert_array_equal(grad16, exact.astype(jnp.bfloat16))
   for formulation in (padding._transpose_as_chain, padding._transpose_as_slices):
     np.testing.assert_array_equal(
-      formulation(cotangent16, pad, upsample, jnp.bfloat16), exact.astype(jnp.bfloat16))
-    np.testing.assert_allclose(formulation(cotangent, pad, upsample, jnp.float32), grad_ref,
-                               rtol=1e-6, atol=1e-6)
+      formulation(cotangent16, pad, upsample, jnp.bfloat16), exact.astype(jnp.bfloat16)
+    )
+    np.testing.assert_allclose(
+      formulation(cotangent, pad, upsample, jnp.float32), grad_ref, rtol=1e-6, atol=1e-6
+    )
   # The export's ops (TFLite has no gather with a run-time batch) agree.
   np.testing.assert_array_equal(padding.reflect_pad(x, pad, upsample, ops="concatenate"), ref)
   with pytest.raises(ValueError, match="reflect padding 4 needs more than"):
@@ -158,10 +179,11 @@ def test_rgb_conv_variants_compute_the_conv(rgb_conv, rgb_block):
   gradients, folded too."""
   import dataclasses
 
-  from fit_jax import inference
+  from fit_jax.deploy import inference
 
   g = models_lib.Generator(
-    ngf=8, num_blocks=1, norm="batch", rgb_conv=rgb_conv, rgb_block=rgb_block)
+    ngf=8, num_blocks=1, norm="batch", rgb_conv=rgb_conv, rgb_block=rgb_block
+  )
   conv = dataclasses.replace(g, rgb_conv="conv")
   key = jax.random.PRNGKey(5)
   x = jax.random.uniform(key, (2, 32, 32, 3), minval=-1, maxval=1)
@@ -178,15 +200,17 @@ def test_rgb_conv_variants_compute_the_conv(rgb_conv, rgb_block):
     scale = max(float(jnp.abs(b).max()), 1e-2 * largest)
     np.testing.assert_allclose(a, b, atol=2e-4 * scale)
   folded, fv = inference.fold_batch_norm(g, v)
-  np.testing.assert_allclose(folded.apply(fv, x, z, train=False),
-                             conv.apply(v, x, z, train=False), atol=1e-5)
+  np.testing.assert_allclose(
+    folded.apply(fv, x, z, train=False), conv.apply(v, x, z, train=False), atol=1e-5
+  )
   with pytest.raises(ValueError, match="rgb_conv 'fft' is not one of"):
     dataclasses.replace(g, rgb_conv="fft").init(key, x, z, train=True)
   with pytest.raises(ValueError, match="rgb_block must be at least 1; got 0"):
     dataclasses.replace(g, rgb_block=0).init(key, x, z, train=True)
   with pytest.raises(ValueError, match="image 30x30 is not a multiple of the"):
     dataclasses.replace(g, rgb_conv="space_to_depth", rgb_block=4).init(
-      key, x[:, :30, :30], z, train=True)
+      key, x[:, :30, :30], z, train=True
+    )
 
 
 @pytest.mark.parametrize("rgb_conv,rgb_block", _RGB_CONV_VARIANTS)
@@ -201,8 +225,10 @@ def test_rgb_conv_variants_in_bfloat16_are_as_accurate_as_the_conv(rgb_conv, rgb
   z = jax.random.bernoulli(key, 0.5, (2, 16)) - 0.5
   v = g.init(key, x, z, train=True)
   reference = dataclasses.replace(g, rgb_conv="conv")
-  errors = {mode: _bfloat16_errors(reference, v, x, z, rgb_conv=mode, rgb_block=rgb_block)
-            for mode in (rgb_conv, "conv")}
+  errors = {
+    mode: _bfloat16_errors(reference, v, x, z, rgb_conv=mode, rgb_block=rgb_block)
+    for mode in (rgb_conv, "conv")
+  }
   _assert_as_accurate(errors[rgb_conv], errors["conv"])
 
 
@@ -230,8 +256,7 @@ def test_phase_upsampling_in_bfloat16_is_as_accurate_as_the_resize_conv(upsample
   x = jax.random.uniform(key, (2, 32, 32, 3), minval=-1, maxval=1)
   z = jax.random.bernoulli(key, 0.5, (2, 16)) - 0.5
   v = g.init(key, x, z, train=True)
-  errors = {mode: _bfloat16_errors(g, v, x, z, upsample=mode)
-            for mode in (upsample, "resize_conv")}
+  errors = {mode: _bfloat16_errors(g, v, x, z, upsample=mode) for mode in (upsample, "resize_conv")}
   _assert_as_accurate(errors[upsample], errors["resize_conv"])
 
 
@@ -256,7 +281,8 @@ def _bfloat16_errors(reference, variables, x, z, **fields) -> list[float]:
 
   grads_ref, out_ref = _generator_grads(reference, variables, x, z)
   grads, out = _generator_grads(
-    dataclasses.replace(reference, dtype=jnp.bfloat16, **fields), variables, x, z)
+    dataclasses.replace(reference, dtype=jnp.bfloat16, **fields), variables, x, z
+  )
   return [float(jnp.abs(out - out_ref).max())] + [
     float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref))
@@ -266,9 +292,8 @@ def _bfloat16_errors(reference, variables, x, z, **fields) -> list[float]:
 
 def _generator_grads(model, variables, x, z):
   def loss(params):
-    out, _ = model.apply({**variables, "params": params}, x, z, train=True,
-                         mutable=["batch_stats"])
-    return jnp.sum(out ** 2), out
+    out, _ = model.apply({**variables, "params": params}, x, z, train=True, mutable=["batch_stats"])
+    return jnp.sum(out**2), out
 
   (_, out), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
   return grads, out
@@ -287,7 +312,7 @@ def test_phase_2x2_upsampling_is_the_resize_convolution():
   (gradients too) and folded."""
   import dataclasses
 
-  from fit_jax import inference
+  from fit_jax.deploy import inference
 
   g = models_lib.Generator(ngf=8, num_blocks=1, norm="batch")
   sub = dataclasses.replace(g, upsample="phase_2x2")
@@ -299,7 +324,7 @@ def test_phase_2x2_upsampling_is_the_resize_convolution():
 
   def loss(params, model):
     out, _ = model.apply({**v, "params": params}, x, z, train=True, mutable=["batch_stats"])
-    return jnp.sum(out ** 2), out
+    return jnp.sum(out**2), out
 
   (l_ref, out_ref), g_ref = jax.value_and_grad(loss, has_aux=True)(v["params"], g)
   (l_sub, out_sub), g_sub = jax.value_and_grad(loss, has_aux=True)(v["params"], sub)
@@ -310,8 +335,9 @@ def test_phase_2x2_upsampling_is_the_resize_convolution():
   for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g_sub)):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=2e-5 * scale)
   folded, fv = inference.fold_batch_norm(sub, v)
-  np.testing.assert_allclose(folded.apply(fv, x, z, train=False),
-                             g.apply(v, x, z, train=False), atol=1e-5)
+  np.testing.assert_allclose(
+    folded.apply(fv, x, z, train=False), g.apply(v, x, z, train=False), atol=1e-5
+  )
 
 
 @pytest.mark.parametrize("mode", ["batch", "instance"])

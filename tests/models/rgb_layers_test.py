@@ -13,8 +13,12 @@ from fit_jax.models import padding, rgb_layers
 
 def _reference(x, kernel, pad):
   return jax.lax.conv_general_dilated(
-    padding.reflect_pad_reference(x, pad), kernel, (1, 1), "VALID",
-    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    padding.reflect_pad_reference(x, pad),
+    kernel,
+    (1, 1),
+    "VALID",
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  )
 
 
 CASES = [
@@ -52,7 +56,8 @@ def test_space_to_depth_is_one_convolution_with_tensor_core_channel_counts():
   """Forward: one convolution, 16 input and 256 output channels for the
   generator's input layer (3 -> 64, 7x7: 4x4 blocks of 2x2 pixels)."""
   jaxpr = jax.make_jaxpr(lambda x, k: rgb_layers.conv_space_to_depth(x, k, 3, "gather"))(
-    jnp.zeros((2, 16, 16, 3)), jnp.zeros((7, 7, 3, 64)))
+    jnp.zeros((2, 16, 16, 3)), jnp.zeros((7, 7, 3, 64))
+  )
   convs = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
   assert [e.invars[1].aval.shape for e in convs] == [(4, 4, 16, 256)]
 
