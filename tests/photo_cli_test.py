@@ -1,6 +1,5 @@
 """Anonymize/recover CLI, determinism, export and privacy, on real LFW photos."""
 
-import os
 import pathlib
 import re
 import shutil
@@ -16,11 +15,11 @@ from fit_jax.data import pixels
 from fit_jax.deploy import inference
 from fit_jax.training import passwords, train
 
+from . import commands
 from .conftest import DATA
 
 pytestmark = pytest.mark.real_faces
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 LFW = DATA / "lfw_subset" / "lfw"
 PHOTO = LFW / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg"
 PASSWORD = "0x1234"
@@ -33,19 +32,6 @@ def checkpoint(tmp_path_factory):
   config.train.num_steps = 3
   train.train_and_evaluate(config, str(workdir))
   return workdir
-
-
-def _cli(command, *args, env=None):
-  full_env = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
-  full_env["XLA_FLAGS"] = ""
-  return subprocess.run(
-    [sys.executable, "-m", f"fit_jax.{command}", *args],
-    cwd=ROOT,
-    env=full_env,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
 
 
 def test_outputs_do_not_depend_on_the_batch(checkpoint):
@@ -76,7 +62,7 @@ def test_crop_mode_with_bad_inputs(checkpoint, tmp_path):
   Image.new("RGB", (8, 8)).save(inputs / "tiny.png")
   Image.new("L", (8000, 6000)).save(inputs / "huge.png")  # 48 MP, refused before decoding
   out = tmp_path / "out"
-  done = _cli(
+  done = commands.run(
     "anonymize",
     f"--checkpoint={checkpoint}",
     "--password_env=FIT_PW",
@@ -105,7 +91,7 @@ def test_crop_mode_with_bad_inputs(checkpoint, tmp_path):
   assert "anonymize: 10/10 images\n" in done.stderr and "\r" not in done.stderr
   # Same password through a file recovers; the inputs were never touched.
   (tmp_path / "pw.txt").write_text(PASSWORD + "\n")
-  rec = _cli(
+  rec = commands.run(
     "recover",
     f"--checkpoint={checkpoint}",
     f"--password_file={tmp_path / 'pw.txt'}",
@@ -119,7 +105,7 @@ def test_crop_mode_with_bad_inputs(checkpoint, tmp_path):
 
 def test_refuses_to_overwrite_inputs_and_bad_passwords(checkpoint, tmp_path):
   shutil.copy(PHOTO, tmp_path / "face.jpg")
-  same = _cli(
+  same = commands.run(
     "anonymize",
     f"--checkpoint={checkpoint}",
     f"--password={PASSWORD}",
@@ -128,7 +114,7 @@ def test_refuses_to_overwrite_inputs_and_bad_passwords(checkpoint, tmp_path):
   )
   assert same.returncode == 1 and "would overwrite an input" in same.stdout
   assert (tmp_path / "face.jpg").read_bytes() == PHOTO.read_bytes()
-  bad = _cli(
+  bad = commands.run(
     "anonymize",
     f"--checkpoint={checkpoint}",
     "--password=0x12345",
@@ -136,7 +122,7 @@ def test_refuses_to_overwrite_inputs_and_bad_passwords(checkpoint, tmp_path):
     str(tmp_path / "face.jpg"),
   )
   assert bad.returncode != 0 and "at most 4" in bad.stderr
-  wrong = _cli(
+  wrong = commands.run(
     "anonymize",
     f"--checkpoint={tmp_path}",
     f"--password={PASSWORD}",
@@ -153,7 +139,7 @@ def test_wild_mode_pastes_faces_back_and_recovery_reuses_the_boxes(checkpoint, t
   shutil.copy(PHOTO, inputs / "photo.jpg")
   Image.new("RGB", (200, 150), (90, 120, 200)).save(inputs / "sky.png")
   out = tmp_path / "out"
-  done = _cli(
+  done = commands.run(
     "anonymize",
     f"--checkpoint={checkpoint}",
     f"--password={PASSWORD}",
@@ -171,7 +157,7 @@ def test_wild_mode_pastes_faces_back_and_recovery_reuses_the_boxes(checkpoint, t
   assert diff[:10, :10].max() == 0 and diff[-10:, -10:].max() == 0  # corners untouched
   sidecar = (out / "photo.png.fit.json").read_text()
   assert set(__import__("json").loads(sidecar)) == {"version", "crops"}
-  rec = _cli(
+  rec = commands.run(
     "recover",
     f"--checkpoint={checkpoint}",
     f"--password={PASSWORD}",
@@ -185,7 +171,7 @@ def test_wild_mode_pastes_faces_back_and_recovery_reuses_the_boxes(checkpoint, t
   # image could miss faces, which would stay anonymized unannounced.
   (tmp_path / "bare").mkdir()
   shutil.copy(out / "photo.png", tmp_path / "bare" / "photo.png")
-  bare = _cli(
+  bare = commands.run(
     "recover",
     f"--checkpoint={checkpoint}",
     f"--password={PASSWORD}",
@@ -199,7 +185,7 @@ def test_wild_mode_pastes_faces_back_and_recovery_reuses_the_boxes(checkpoint, t
 
 def test_saved_model_export_reloads_with_parity(checkpoint, tmp_path):
   tf = pytest.importorskip("tensorflow")
-  done = _cli(
+  done = commands.run(
     "export",
     f"--checkpoint={checkpoint}",
     f"--out={tmp_path / 'sm'}",
@@ -268,7 +254,7 @@ def test_no_password_or_original_pixels_are_written(checkpoint, tmp_path):
   shutil.copy(PHOTO, inputs / "face.png")
   out = tmp_path / "out"
   runs = [
-    _cli(
+    commands.run(
       "anonymize",
       f"--checkpoint={checkpoint}",
       "--password_env=PW",
@@ -277,7 +263,7 @@ def test_no_password_or_original_pixels_are_written(checkpoint, tmp_path):
       str(inputs),
       env={"PW": phrase},
     ),
-    _cli(
+    commands.run(
       "recover",
       f"--checkpoint={checkpoint}",
       "--password_env=PW",
@@ -285,7 +271,7 @@ def test_no_password_or_original_pixels_are_written(checkpoint, tmp_path):
       str(out),
       env={"PW": phrase},
     ),
-    _cli(
+    commands.run(
       "export",
       f"--checkpoint={checkpoint}",
       f"--out={tmp_path / 'sm'}",
@@ -345,7 +331,7 @@ def test_recovery_through_files_is_the_models_recovery(checkpoint, tmp_path):
   shutil.copy(PHOTO, inputs / "face.jpg")
   got = {}
   for fmt in ("png", "same"):
-    anon = _cli(
+    anon = commands.run(
       "anonymize",
       f"--checkpoint={checkpoint}",
       f"--password={PASSWORD}",
@@ -353,7 +339,7 @@ def test_recovery_through_files_is_the_models_recovery(checkpoint, tmp_path):
       f"--out={tmp_path / ('a' + fmt)}",
       str(inputs),
     )
-    rec = _cli(
+    rec = commands.run(
       "recover",
       f"--checkpoint={checkpoint}",
       f"--password={PASSWORD}",
@@ -365,7 +351,7 @@ def test_recovery_through_files_is_the_models_recovery(checkpoint, tmp_path):
     got[fmt] = np.asarray(Image.open(tmp_path / ("r" + fmt) / name), np.float32) / 127.5 - 1.0
   assert np.abs(got["png"] - expected).mean() < 2.5 / 127.5  # two 8-bit roundings
   assert np.abs(got["same"] - expected).mean() < 0.05  # two JPEG encodings
-  wrong = _cli(
+  wrong = commands.run(
     "recover",
     f"--checkpoint={checkpoint}",
     "--password=0xbeef",
@@ -378,7 +364,7 @@ def test_recovery_through_files_is_the_models_recovery(checkpoint, tmp_path):
 
 
 def test_help_size_and_empty_inputs_are_clear(checkpoint, tmp_path):
-  helped = _cli("anonymize", "--help")  # absl exits 1 after help
+  helped = commands.run("anonymize", "--help")  # absl exits 1 after help
   # The installed console script too ([project.scripts]).
   script = subprocess.run(
     [str(pathlib.Path(sys.executable).parent / "fit-recover"), "--help"],
@@ -390,7 +376,7 @@ def test_help_size_and_empty_inputs_are_clear(checkpoint, tmp_path):
     for flag in ("--checkpoint", "--password", "--size", "--mode", "65,536"):
       assert flag in output, flag
   (tmp_path / "empty").mkdir()
-  empty = _cli(
+  empty = commands.run(
     "anonymize",
     f"--checkpoint={checkpoint}",
     f"--password={PASSWORD}",
@@ -401,7 +387,7 @@ def test_help_size_and_empty_inputs_are_clear(checkpoint, tmp_path):
   assert "Traceback" not in empty.stderr
   shutil.copy(PHOTO, tmp_path / "face.jpg")
   for size in ("0", "7"):
-    bad = _cli(
+    bad = commands.run(
       "anonymize",
       f"--checkpoint={checkpoint}",
       f"--password={PASSWORD}",
@@ -411,7 +397,7 @@ def test_help_size_and_empty_inputs_are_clear(checkpoint, tmp_path):
     )
     assert bad.returncode != 0 and f"--size {size}: give a side" in bad.stderr, bad.stderr[-500:]
     assert "Traceback" not in bad.stderr
-  other = _cli(
+  other = commands.run(
     "anonymize",
     f"--checkpoint={checkpoint}",
     f"--password={PASSWORD}",
@@ -454,7 +440,7 @@ def test_the_cards_password_scale_is_used(tmp_path):
   card = release.card_of(__import__("json").loads(config.to_json_best_effort()), 0, "float32")
   (model_dir / release.CARD).write_text(__import__("json").dumps(card))
   shutil.copy(PHOTO, tmp_path / "face.png")
-  done = _cli(
+  done = commands.run(
     "anonymize",
     f"--checkpoint={model_dir}",
     f"--password={PASSWORD}",

@@ -2,10 +2,7 @@
 transform one photo at a time, as it behaves on large batches."""
 
 import dataclasses
-import os
 import pathlib
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,11 +13,11 @@ from fit_jax.conversion import pretrained
 from fit_jax.deploy import calibrate, inference, release
 from fit_jax.models import generator as generator_lib
 
+from .. import commands
 from ..conftest import DATA
 
 pytestmark = pytest.mark.real_faces
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 LFW = DATA / "lfw_subset" / "lfw"
 SIZE = 32
 
@@ -116,23 +113,11 @@ def test_running_statistics_are_the_pooled_group_moments(reference_checkpoint):
   np.testing.assert_allclose(stats["norm_in"]["var"], pre_norm.var(0), rtol=1e-4, atol=1e-6)
 
 
-def _cli(command, *args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-  return subprocess.run(
-    [sys.executable, "-m", f"fit_jax.{command}", *args],
-    cwd=ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
-
-
 def test_the_command_makes_a_converted_checkpoint_work_on_one_photo(reference_checkpoint, tmp_path):
   path, _, _ = reference_checkpoint
   files = _faces()
   photo = files[500]
-  refused = _cli(
+  refused = commands.run(
     "anonymize",
     f"--checkpoint={path}",
     "--password=0x1234",
@@ -146,7 +131,7 @@ def test_the_command_makes_a_converted_checkpoint_work_on_one_photo(reference_ch
   for i, source in enumerate(files[:26]):
     (faces / f"{i}.jpg").write_bytes(pathlib.Path(source).read_bytes())
   (faces / "broken.jpg").write_bytes(b"not a jpeg")
-  done = _cli(
+  done = commands.run(
     "calibrate",
     f"--checkpoint={path}",
     f"--faces={faces}",
@@ -159,7 +144,7 @@ def test_the_command_makes_a_converted_checkpoint_work_on_one_photo(reference_ch
   card = release.load_card(str(tmp_path / "release"))
   assert card["calibration"]["calls"] == ["A", "A2", "R", "W", "W2"]
   # The card's size is used without --size, on a single photo.
-  single = _cli(
+  single = commands.run(
     "anonymize",
     f"--checkpoint={tmp_path / 'release'}",
     "--password=0x1234",
@@ -168,7 +153,7 @@ def test_the_command_makes_a_converted_checkpoint_work_on_one_photo(reference_ch
   )
   assert single.returncode == 0, single.stderr[-2000:]
   assert "1 written" in single.stdout
-  again = _cli(
+  again = commands.run(
     "calibrate", f"--checkpoint={path}", f"--faces={faces}", f"--out={tmp_path / 'release'}"
   )
   assert again.returncode != 0 and "exists" in again.stderr
