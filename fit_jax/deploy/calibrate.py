@@ -36,6 +36,7 @@ from PIL import Image
 from fit_jax.data import photos, pixels
 from fit_jax.deploy import compact_weights, inference, release
 from fit_jax.runtime import atomic
+from fit_jax.training import passwords
 
 GROUP_SIZE = 12  # the reference's images per GPU: its norm groups
 CALLS = {"training": ("A", "A2", "R", "W", "W2"), "anonymize": ("A", "A2")}
@@ -57,28 +58,21 @@ def read_faces(inputs: list[str], size: int) -> tuple[np.ndarray, list[tuple[str
   return stacked, failures
 
 
-def _random_bits(rng: np.random.Generator, count: int, n: int, unlike: list[np.ndarray]):
-  """Per-sample random 0/1 bits, redrawn where a row equals one in `unlike`."""
-  bits = rng.integers(0, 2, (count, n))
-  for _ in range(100):
-    clash = np.zeros(count, bool)
-    for other in unlike:
-      clash |= (bits == other).all(axis=1)
-    if not clash.any():
-      break
-    bits[clash] = rng.integers(0, 2, (int(clash.sum()), n))
-  return bits
+def face_order(num_faces: int, seed: int) -> np.ndarray:
+  """[groups, GROUP_SIZE] face indices: a shuffle, an incomplete last group
+  left out (as the reference skipped an incomplete last batch)."""
+  groups = num_faces // GROUP_SIZE
+  order = np.random.default_rng(seed).permutation(num_faces)
+  return order[: groups * GROUP_SIZE].reshape(groups, GROUP_SIZE)
 
 
-def draw_passwords(rng: np.random.Generator, count: int, n: int) -> dict:
-  """Per-sample bits of one training iteration (the reference's rules):
-  z, a second anonymization password z2 != z, and wrong recovery passwords
-  w != ~z and w2 != ~z, w (~z, the complement, is the right one)."""
-  z = rng.integers(0, 2, (count, n))
-  z2 = _random_bits(rng, count, n, [z])
-  w = _random_bits(rng, count, n, [1 - z])
-  w2 = _random_bits(rng, count, n, [1 - z, w])
-  return {"z": z, "z2": z2, "w": w, "w2": w2}
+def group_passwords(seed: int, group: int, num_bits: int) -> dict:
+  """The per-sample passwords of one group, drawn as a training iteration
+  draws them (passwords.sample_training_passwords)."""
+  import jax  # noqa: PLC0415
+
+  key = jax.random.fold_in(jax.random.PRNGKey(seed), group)
+  return passwords.sample_training_passwords(key, GROUP_SIZE, num_bits)
 
 
 def running_statistics(
@@ -106,24 +100,19 @@ def running_statistics(
     y, state = teacher.apply({"params": params}, x, z, train=True, mutable=["norm_moments"])
     return y, state["norm_moments"]
 
-  rng = np.random.default_rng(seed)
-  order = rng.permutation(len(faces))[: groups * GROUP_SIZE].reshape(groups, GROUP_SIZE)
-  n = model.password_bits
+  order = face_order(len(faces), seed)
   sums: dict = {}
-  for members in order:
+  for i, members in enumerate(order):
     x = faces[members]
-    bits = draw_passwords(rng, GROUP_SIZE, n)
-
-    def code(name):
-      return np.float32(scale) * (bits[name].astype(np.float32) - 0.5)
-
-    anonymized, moments = call(x, code("z"))
+    bits = group_passwords(seed, i, model.password_bits)
+    code = {name: passwords.encode(b, scale) for name, b in bits.items()}
+    anonymized, moments = call(x, code["anon"])
     recorded = [moments]
     inputs = {
-      "A2": (x, code("z2")),
-      "R": (anonymized, -code("z")),
-      "W": (anonymized, code("w")),
-      "W2": (anonymized, code("w2")),
+      "A2": (x, code["anon2"]),
+      "R": (anonymized, code["recover"]),
+      "W": (anonymized, code["wrong"]),
+      "W2": (anonymized, code["wrong2"]),
     }
     for name in calls[1:]:
       recorded.append(call(*inputs[name])[1])

@@ -30,12 +30,11 @@ import numpy as np
 from fit_jax.data import pixels
 from fit_jax.deploy import inference
 from fit_jax.runtime import atomic
+from fit_jax.training import passwords
 
 
 def contract(card: dict | None, image_size: int, password_bits: int, scale: float) -> dict:
   """What a deployer needs to feed the signatures, with the model card."""
-  from fit_jax.training import passwords  # noqa: PLC0415
-
   return {
     "signatures": {
       "anonymize": "images float32 [b, S, S, 3] in [-1, 1] (uint8 / 127.5 - 1), "
@@ -101,7 +100,7 @@ def _converted(model, variables, image_size: int, scale: float, sign: float, io_
   def fn(images, bits):
     if io_uint8:
       images, bits = pixels.to_unit(images), bits.astype(np.float32)
-    out = model.apply(variables, images, sign * scale * (bits - 0.5), train=False)
+    out = model.apply(variables, images, passwords.encode(bits, sign * scale), train=False)
     return pixels.to_uint8(out) if io_uint8 else out
 
   n = model.password_bits

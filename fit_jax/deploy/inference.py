@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from fit_jax.models import generator as generator_lib
 from fit_jax.models import generator_layout
+from fit_jax.training import passwords
 
 _EPS = 1e-5
 
@@ -191,7 +192,7 @@ class Transformer:
         "the password of a single image; calibrate it (python -m fit_jax.calibrate) or use a "
         "norm=batch checkpoint"
       )
-    z = sign * self.scale * (bits.astype(np.float32) - 0.5)
+    z = passwords.encode(bits, sign * self.scale)
     return np.asarray(self._apply(self.variables, images, z))
 
   def anonymize(self, images, password_bits):
