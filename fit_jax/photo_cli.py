@@ -109,12 +109,10 @@ def model_settings(checkpoint: str, model) -> tuple[int, float]:
   card = release.card_for(checkpoint)
   trained = card["image_size"] if card else None
   size = _SIZE.value if _SIZE.value is not None else release.image_size(card)
-  multiple = 2**model.num_downsampling
-  if size < 16 or size % multiple:
-    raise app.UsageError(
-      f"--size {size}: give a side of at least 16 pixels that is a "
-      f"multiple of {multiple} (this generator's downsampling)"
-    )
+  try:
+    inference.check_image_size(model, size)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   if trained is None and _SIZE.value is None:
     print(
       f"{checkpoint} carries no model card: assuming {size} px faces (give --size)", file=sys.stderr
@@ -194,8 +192,7 @@ def run(direction: str, inputs: list[str]) -> int:
         except ItemError as e:
           failures.append((path, str(e)))
           continue
-        pil = Image.fromarray(rgb).resize((size, size), Image.BICUBIC)
-        images.append(pixels.to_unit(np.asarray(pil)))
+        images.append(photos.preprocess(rgb, size))
         chunk.append((path, target))
       if images:
         outputs = transform(np.stack(images), bits)

@@ -25,9 +25,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from fit_jax.data import pixels
 from fit_jax.data.pairs import read_pairs
-from fit_jax.data.photos import MAX_PIXELS, to_rgb
+from fit_jax.data.photos import MAX_PIXELS, preprocess, to_rgb
 
 FRAME = 250
 
@@ -96,14 +95,6 @@ def render_face(identity: int, sample: int, seed: int = 0):
   )
   noise = rng.normal(0, 3, img.shape)
   return np.clip(img + noise, 0, 255).astype(np.uint8), landmarks.astype(np.float32)
-
-
-def preprocess(image: np.ndarray, size: int) -> np.ndarray:
-  """The reference's transform: bicubic resize to size, then [-1, 1]."""
-  pil = Image.fromarray(image)
-  if pil.size != (size, size):
-    pil = pil.resize((size, size), Image.BICUBIC)
-  return pixels.to_unit(np.asarray(pil))
 
 
 class SyntheticFaces:

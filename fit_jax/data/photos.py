@@ -1,7 +1,8 @@
-"""Reading people's image files: one clear reason per file that fails.
+"""Reading people's image files, one clear reason per file that fails, and
+the reference's preprocessing of a face.
 
 Shared by the photo tool, calibration and the training pipeline, so every
-path decodes the same way and refuses the same images.
+path decodes, refuses and resizes images the same way.
 """
 
 import os
@@ -9,10 +10,21 @@ import os
 import numpy as np
 from PIL import Image
 
+from fit_jax.data import pixels
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # Larger images are refused before decoding (a 144 MP photo decodes to
 # 2.3 GB for a 128 px face).
 MAX_PIXELS = 40_000_000
+
+
+def preprocess(image: np.ndarray, size: int) -> np.ndarray:
+  """The reference's transform of an RGB uint8 image: bicubic resize to
+  size x size, then [-1, 1]. Training, the photo tool and calibration share it."""
+  pil = Image.fromarray(image)
+  if pil.size != (size, size):
+    pil = pil.resize((size, size), Image.BICUBIC)
+  return pixels.to_unit(np.asarray(pil))
 
 
 class ItemError(Exception):

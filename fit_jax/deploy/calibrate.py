@@ -31,9 +31,8 @@ import os
 
 import numpy as np
 from flax import traverse_util
-from PIL import Image
 
-from fit_jax.data import photos, pixels
+from fit_jax.data import photos
 from fit_jax.deploy import compact_weights, inference, release
 from fit_jax.runtime import atomic
 from fit_jax.training import passwords
@@ -51,9 +50,7 @@ def read_faces(inputs: list[str], size: int) -> tuple[np.ndarray, list[tuple[str
     except photos.ItemError as e:
       failures.append((path, str(e)))
       continue
-    faces.append(
-      pixels.to_unit(np.asarray(Image.fromarray(rgb).resize((size, size), Image.BICUBIC)))
-    )
+    faces.append(photos.preprocess(rgb, size))
   stacked = np.stack(faces) if faces else np.zeros((0, size, size, 3), np.float32)
   return stacked, failures
 
@@ -179,9 +176,7 @@ def calibrate(
   model, variables, _ = inference.load_generator(checkpoint)
   if model.norm == "folded":
     raise ValueError(f"{checkpoint}: already has running statistics (its norms are folded)")
-  multiple = 2**model.num_downsampling
-  if size < 16 or size % multiple:
-    raise ValueError(f"--size {size}: give a side of at least 16 that is a multiple of {multiple}")
+  inference.check_image_size(model, size)
   faces, failures = read_faces(faces_inputs, size)
   stats = running_statistics(model, variables["params"], faces, CALLS[calls], seed=seed)
   calibration = {

@@ -115,6 +115,17 @@ def generator_from_params(params: dict, batch_stats: dict | None):
   )
 
 
+def check_image_size(model, size: int) -> None:
+  """Raises ValueError (one line) unless the generator can run on size x size
+  faces: at least 16 pixels, a multiple of its downsampling."""
+  multiple = 2**model.num_downsampling
+  if size < 16 or size % multiple:
+    raise ValueError(
+      f"--size {size}: give a side of at least 16 pixels that is a "
+      f"multiple of {multiple} (this generator's downsampling)"
+    )
+
+
 def load_generator(path: str):
   """Loads a generator from a training workdir, a checkpoint step, a
   converted directory (python -m fit_jax.convert_torch) or a release
