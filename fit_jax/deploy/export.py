@@ -120,8 +120,6 @@ def save_generator(
   out_dir = os.path.abspath(out_dir)
   if os.path.exists(out_dir):
     raise FileExistsError(f"{out_dir} exists; choose a new --out directory")
-  n = model.password_bits
-  module = tf.Module()
   # Any size is accepted by the signature and then checked, so a wrong size or
   # range is one clear error line from the graph, not a dump of the compiled
   # module, nor values cast silently into saturated output (TF casts a numpy
@@ -130,13 +128,8 @@ def save_generator(
     tf.TensorSpec([None, None, None, 3], tf.float32, name="images"),
     tf.TensorSpec([None, None], tf.float32, name="password_bits"),
   ]
-  for name, sign in (("anonymize", 1.0), ("recover", -1.0)):
-    transform = _converted(model, variables, image_size, scale, sign, io_uint8=False)
-    setattr(module, name, _signature(transform, specs, image_size, n, check=True))
   tmp = out_dir + ".tmp"
-  tf.saved_model.save(
-    module, tmp, signatures={"anonymize": module.anonymize, "recover": module.recover}
-  )
+  _save_signatures(model, variables, image_size, scale, specs, tmp, io_uint8=False, check=True)
   if card is not None:
     import json  # noqa: PLC0415
 
@@ -144,6 +137,29 @@ def save_generator(
     with open(os.path.join(tmp, "assets.extra", "model.json"), "w") as f:
       json.dump(card, f, indent=1)
   os.replace(tmp, out_dir)
+
+
+def _save_signatures(
+  model,
+  variables,
+  image_size: int,
+  scale: float,
+  specs,
+  directory: str,
+  io_uint8: bool,
+  check: bool,
+) -> None:
+  """A SavedModel in `directory` with the signatures anonymize and recover
+  on `specs` (with the input checks if `check`)."""
+  import tensorflow as tf  # noqa: PLC0415
+
+  module = tf.Module()
+  for name, sign in (("anonymize", 1.0), ("recover", -1.0)):
+    transform = _converted(model, variables, image_size, scale, sign, io_uint8)
+    setattr(module, name, _signature(transform, specs, image_size, model.password_bits, check))
+  tf.saved_model.save(
+    module, directory, signatures={"anonymize": module.anonymize, "recover": module.recover}
+  )
 
 
 def _signature(transform, specs, image_size: int, n: int, check: bool):
@@ -200,18 +216,13 @@ def export_tflite(model, variables, path: str, image_size: int, scale: float = 1
 
   if os.path.exists(path):
     raise FileExistsError(f"{path} exists; choose a new --tflite file")
-  n = model.password_bits
-  module = tf.Module()
   specs = [
     tf.TensorSpec([None, image_size, image_size, 3], tf.uint8, name="images"),
-    tf.TensorSpec([None, n], tf.bool, name="password_bits"),
+    tf.TensorSpec([None, model.password_bits], tf.bool, name="password_bits"),
   ]
-  for name, sign in (("anonymize", 1.0), ("recover", -1.0)):
-    transform = _converted(model, variables, image_size, scale, sign, io_uint8=True)
-    setattr(module, name, _signature(transform, specs, image_size, n, check=False))
   with tempfile.TemporaryDirectory() as staging:
-    tf.saved_model.save(
-      module, staging, signatures={"anonymize": module.anonymize, "recover": module.recover}
+    _save_signatures(
+      model, variables, image_size, scale, specs, staging, io_uint8=True, check=False
     )
     converter = tf.lite.TFLiteConverter.from_saved_model(
       staging, signature_keys=["anonymize", "recover"]
