@@ -69,19 +69,20 @@ def _cache(straight):
   return straight.parent / "xla_cache"
 
 
+def _run_to_the_end(workdir, cache):
+  """A run (or a restart) of the whole schedule, which must succeed."""
+  done = subprocess.run(
+    _command(workdir, cache), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600
+  )
+  assert done.returncode == 0, done.stderr[-2000:]
+  return done
+
+
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
   """An uninterrupted run, the reference of every interrupted one."""
   workdir = tmp_path_factory.mktemp("resume") / "straight"
-  done = subprocess.run(
-    _command(workdir, _cache(workdir)),
-    cwd=ROOT,
-    env=_env(),
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  assert done.returncode == 0, done.stderr[-2000:]
+  _run_to_the_end(workdir, _cache(workdir))
   cached = os.listdir(_cache(workdir))
   for step in ("jit_generator_step", "jit_discriminator_step"):
     assert any(name.startswith(step) for name in cached), cached
@@ -115,15 +116,7 @@ def _start_and_signal(workdir, cache, sig, after_steps: int):
 
 
 def _restart_and_compare(workdir, straight):
-  done = subprocess.run(
-    _command(workdir, _cache(straight)),
-    cwd=ROOT,
-    env=_env(),
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  assert done.returncode == 0, done.stderr[-2000:]
+  done = _run_to_the_end(workdir, _cache(straight))
   assert "resuming from step" in done.stderr
   want, got = metrics_by_step(straight), metrics_by_step(workdir)
   assert sorted(want) == sorted(got) == list(range(1, STEPS + 1))
