@@ -18,9 +18,13 @@ from collections.abc import Mapping
 
 import jax
 
+from fit_jax.models import padding, rgb_layers, upsampling
+
 AUTO = "auto"
 
 LAYOUT_OPTIONS = ("upsample", "reflect_pad_ops", "rgb_conv", "rgb_block", "folded_trunk_padding")
+
+TRUNK_PADDING_MODES = ("per_conv", "border")
 
 BY_PLATFORM = {
   # XLA:CPU, 2 cores, float32, alternating rounds (docs/performance.md):
@@ -92,3 +96,18 @@ def resolve(options: Mapping, platform: str | None = None) -> dict:
 def of(generator) -> dict:
   """The layout a built Generator computes in (for benchmark records)."""
   return {name: getattr(generator, name) for name in LAYOUT_OPTIONS}
+
+
+def check(layout: Mapping) -> None:
+  """Raises ValueError, one line, for a layout value no form implements."""
+  choices = {
+    "upsample": upsampling.UPSAMPLE_MODES,
+    "reflect_pad_ops": padding.REFLECT_PAD_OPS,
+    "rgb_conv": rgb_layers.RGB_CONV_MODES,
+    "folded_trunk_padding": TRUNK_PADDING_MODES,
+  }
+  for name, known in choices.items():
+    if layout[name] not in known:
+      raise ValueError(f"{name} {layout[name]!r} is not one of {known}")
+  if layout["rgb_block"] < 1:
+    raise ValueError(f"rgb_block must be at least 1; got {layout['rgb_block']}")

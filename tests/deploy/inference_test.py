@@ -9,6 +9,7 @@ import pytest
 
 from fit_jax.deploy import inference
 from fit_jax.models import generator as generator_lib
+from fit_jax.models import resnet_block
 
 
 def _trained_batch_model():
@@ -101,6 +102,6 @@ def test_unknown_trunk_padding_and_padded_blocks_without_folding_are_clear_error
     generator_lib.Generator(ngf=4, num_blocks=1, folded_trunk_padding="padded").init(
       jax.random.PRNGKey(0), x, z, train=True
     )
-  block = generator_lib.ResnetBlock("batch", 0, padded=True)
+  block = resnet_block.ResnetBlock("batch", 0, padded=True)
   with pytest.raises(ValueError, match="needs folded norms; got 'batch'"):
     block.init(jax.random.PRNGKey(0), jnp.zeros((1, 6, 6, 4)), train=False)

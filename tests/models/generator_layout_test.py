@@ -66,6 +66,24 @@ def test_unknown_option_or_platform_is_one_clear_error():
     generator_layout.resolve({}, "metal")
 
 
+@pytest.mark.parametrize(
+  "name, value, message",
+  [
+    ("upsample", "bilinear", "upsample 'bilinear' is not one of"),
+    ("reflect_pad_ops", "scatter", "reflect_pad_ops 'scatter' is not one of"),
+    ("rgb_conv", "fft", "rgb_conv 'fft' is not one of"),
+    ("rgb_block", 0, "rgb_block must be at least 1; got 0"),
+    ("folded_trunk_padding", "padded", "folded_trunk_padding 'padded' is not one of"),
+  ],
+)
+def test_a_value_no_form_implements_is_refused_by_name(name, value, message):
+  for entry in generator_layout.BY_PLATFORM.values():
+    generator_layout.check(entry)
+  bad = dict(generator_layout.BY_PLATFORM["cpu"], **{name: value})
+  with pytest.raises(ValueError, match=message):
+    generator_layout.check(bad)
+
+
 def test_loaded_generators_compute_in_this_backends_layout():
   """The CLI, notebooks and export load a generator from its parameters:
   it takes the backend's layout, whatever layout trained it."""
