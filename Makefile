@@ -21,6 +21,6 @@ demo: .venv/done
 test: .venv/done
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest -n 2 --dist loadfile -q
+	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder -q
 
 .PHONY: setup demo test

@@ -11,6 +11,8 @@ from fit_jax.deploy import release
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
+pytestmark = pytest.mark.slow
+
 
 def _run(name, env, tmp_path):
   path = ROOT / "colab" / name

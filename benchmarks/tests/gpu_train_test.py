@@ -51,10 +51,13 @@ TINY = [
   "--config.model.dtype=float32",
 ]
 
-pytestmark = pytest.mark.skipif(
-  not (SUBSET / "lfw").is_dir() or not (REST / "lfw").is_dir(),
-  reason="real LFW faces not found under FIT_DATA",
-)
+pytestmark = [
+  pytest.mark.slow,
+  pytest.mark.skipif(
+    not (SUBSET / "lfw").is_dir() or not (REST / "lfw").is_dir(),
+    reason="real LFW faces not found under FIT_DATA",
+  ),
+]
 
 
 def test_gpu_train_script_dry_run(tmp_path):
