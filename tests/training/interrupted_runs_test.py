@@ -46,7 +46,7 @@ STEPS = 6
 LEARNING_RATE = 1e-4  # configs/default.py, both groups
 
 
-def metrics_by_step(workdir) -> dict[int, dict]:
+def _metrics_by_step(workdir) -> dict[int, dict]:
   """Each step's record; a resumed run keeps one line per step."""
   by_step = {}
   for line in (workdir / "metrics.jsonl").read_text().splitlines():
@@ -178,7 +178,7 @@ def _restart_and_compare(workdir, straight) -> str:
   """Restarts a run to its end; it must be the reference, bit for bit."""
   [(_, err)] = _finish(_start(workdir, _cache(straight)))
   assert "resuming from step" in err
-  want, got = metrics_by_step(straight), metrics_by_step(workdir)
+  want, got = _metrics_by_step(straight), _metrics_by_step(workdir)
   assert sorted(want) == sorted(got) == list(range(1, STEPS + 1))
   assert want == got  # exact float equality, every metric of every step
   a, b = _params(straight), _params(workdir)
@@ -271,7 +271,7 @@ def test_two_processes_train_as_one_and_resume_elastically(straight, multihost):
   assert len(list(workdir.glob("events.out.tfevents*"))) == 2
   assert out.strip().splitlines()[-1].startswith(f"done at step {STEPS}")
 
-  want, got = metrics_by_step(straight), metrics_by_step(workdir)
+  want, got = _metrics_by_step(straight), _metrics_by_step(workdir)
   assert sorted(want) == sorted(got) == list(range(1, STEPS + 1))
   for name, value in want[1].items():
     rtol = 1e-3 if name.endswith("grad_norm") else 1e-4
