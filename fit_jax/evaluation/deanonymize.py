@@ -29,11 +29,15 @@ from absl import logging
 from fit_jax import models as models_lib
 from fit_jax.data import batch_loader, input_pipeline
 from fit_jax.evaluation import baselines
-from fit_jax.runtime import atomic
+from fit_jax.runtime import atomic, run_once_compile
 from fit_jax.training import fused_calls, losses
 
 
-def init(config, models, key):
+def make_optimizer(config):
+  return optax.adam(config.optim.g.learning_rate, b1=config.optim.b1, b2=config.optim.b2)
+
+
+def init(config, models, key, tx):
   size = config.data.image_size
   images = jnp.zeros((2, size, size, 3), jnp.float32)
   kg, kd = jax.random.split(key)
@@ -43,7 +47,6 @@ def init(config, models, key):
     ),
     "discriminator": models.discriminator.init(kd, images, branch="R", train=True),
   }
-  tx = optax.adam(config.optim.g.learning_rate, b1=config.optim.b1, b2=config.optim.b2)
   params = {k: v["params"] for k, v in variables.items()}
   stats = {k: v.get("batch_stats", {}) for k, v in variables.items()}
   return {
@@ -51,7 +54,7 @@ def init(config, models, key):
     "batch_stats": stats,
     "opt_g": tx.init(params["generator"]),
     "opt_d": tx.init(params["discriminator"]),
-  }, tx
+  }
 
 
 def train_step(state, anonymized, original, *, models, tx, config):
@@ -138,7 +141,11 @@ def train(config, workdir: str) -> str:
   os.makedirs(workdir, exist_ok=True)
   models = models_lib.build_models(config.model)
   source = input_pipeline.build_source(config)
-  state, tx = init(config, models, jax.random.key(config.seed))
+  tx = make_optimizer(config)
+  # One compiled program, not op-by-op dispatch of every initializer.
+  state = run_once_compile.jit(lambda k: init(config, models, k, tx), jax.devices())(
+    jax.random.key(config.seed)
+  )
   step_fn = jax.jit(
     functools.partial(train_step, models=models, tx=tx, config=config), donate_argnums=0
   )

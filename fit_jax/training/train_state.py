@@ -15,6 +15,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fit_jax import models as models_lib
+from fit_jax.runtime import run_once_compile
 
 GEN_MODULES = ("generator", "password_head")
 DISC_MODULES = ("discriminator", "sphereface")
@@ -141,7 +142,8 @@ def create_train_state(
 
   abstract = jax.eval_shape(init, key)
   sharding = state_sharding(abstract, mesh)
-  state = jax.jit(init, out_shardings=sharding)(key)
+  devices = list(mesh.devices.flat)
+  state = run_once_compile.jit(init, devices, out_shardings=sharding)(key)
   if overrides:
     params = {**state.gen.params, **state.disc.params}
     stats = {**state.gen.batch_stats, **state.disc.batch_stats}
@@ -163,9 +165,9 @@ def create_train_state(
       new_stats = new.get("batch_stats") or stats.get(name)
       if new_stats:
         variables[name]["batch_stats"] = new_stats
-    state = jax.jit(lambda v: state_from_variables(v, config, optimizers), out_shardings=sharding)(
-      variables
-    )
+    state = run_once_compile.jit(
+      lambda v: state_from_variables(v, config, optimizers), devices, out_shardings=sharding
+    )(variables)
   return state
 
 
