@@ -210,23 +210,27 @@ def _pool_one_by_one(stored, count, images, swap, idx):
 
 
 def test_vectorized_pool_is_the_image_by_image_rule():
+  # Jitted once per shape (as in the step), then every fill level of pools
+  # smaller than, as large as and larger than the queried batch.
+  query = jax.jit(pools.query_pool, static_argnums=3)
+  draws = jax.jit(pools.pool_draws, static_argnums=(1, 2))
   rng = np.random.default_rng(0)
-  for trial in range(30):
-    size, n = int(rng.integers(1, 7)), int(rng.integers(1, 14))
-    count = int(rng.integers(0, size + 1))
-    stored = rng.normal(size=(size, 2, 2, 3)).astype(np.float32)
-    images = rng.normal(size=(n, 2, 2, 3)).astype(np.float32)
-    key = jax.random.PRNGKey(trial)
-    pool, out = pools.query_pool(
-      {"images": jnp.asarray(stored), "count": jnp.int32(count)}, jnp.asarray(images), key, n
-    )
-    swap, idx = pools.pool_draws(jax.random.split(key)[0], n, size)
-    want_stored, want_count, want_out = _pool_one_by_one(
-      stored, count, images, np.asarray(swap), np.asarray(idx)
-    )
-    np.testing.assert_array_equal(pool["images"], want_stored)
-    np.testing.assert_array_equal(out, want_out)
-    assert int(pool["count"]) == want_count
+  for size, n in [(1, 1), (1, 5), (3, 3), (4, 9), (6, 2), (6, 13)]:
+    for count in range(size + 1):
+      for trial in range(3):
+        stored = rng.normal(size=(size, 2, 2, 3)).astype(np.float32)
+        images = rng.normal(size=(n, 2, 2, 3)).astype(np.float32)
+        key = jax.random.PRNGKey(100 * size + 10 * count + trial)
+        pool, out = query(
+          {"images": jnp.asarray(stored), "count": jnp.int32(count)}, jnp.asarray(images), key, n
+        )
+        swap, idx = draws(jax.random.split(key)[0], n, size)
+        want_stored, want_count, want_out = _pool_one_by_one(
+          stored, count, images, np.asarray(swap), np.asarray(idx)
+        )
+        np.testing.assert_array_equal(pool["images"], want_stored)
+        np.testing.assert_array_equal(out, want_out)
+        assert int(pool["count"]) == want_count
 
 
 def test_update_steps_have_no_device_loops_on_gpu():
