@@ -7,8 +7,24 @@ import jax
 import orbax.checkpoint as ocp
 
 
+def _write_each_array_from_one_replica() -> None:
+  """Orbax's default off GPUs ("replica-parallel") splits every replicated
+  array into one part per replica and slices each part on its own device:
+  a compiled slice per device and parameter shape, for a data-parallel
+  state of a few hundred MB that one replica writes as fast. Measured on 8
+  CPU devices, tiny model: the first save took 7.8 s and later ones 1.9 s;
+  from one replica each takes 0.85 s. Orbax keeps type handlers in one
+  registry per process, so this applies to every jax.Array orbax saves in
+  it. A checkpoint written either way restores either way.
+  """
+  ocp.type_handlers.register_type_handler(
+    jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True
+  )
+
+
 def manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   """The manager of workdir/checkpoints (orbax commits each step atomically)."""
+  _write_each_array_from_one_replica()
   return ocp.CheckpointManager(
     os.path.join(workdir, "checkpoints"),
     options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
