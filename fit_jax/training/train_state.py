@@ -136,39 +136,38 @@ def create_train_state(
 
   optimizers = make_optimizers(config)
 
-  def init(key):
+  def init(key, overrides):
     variables = init_variables(models, key, config.data.image_size, config.model.password_bits)
-    return state_from_variables(variables, config, optimizers)
+    # Merged inside the compiled program: the fresh draws of what is
+    # overridden are dead code that XLA removes before compiling it (a
+    # pretrained FaceNet's random init took 18 s to compile on CPU).
+    return state_from_variables(_merged(variables, overrides), config, optimizers)
 
-  abstract = jax.eval_shape(init, key)
+  overrides = overrides or {}
+  abstract = jax.eval_shape(init, key, overrides)
   sharding = state_sharding(abstract, mesh)
-  devices = list(mesh.devices.flat)
-  state = run_once_compile.jit(init, devices, out_shardings=sharding)(key)
-  if overrides:
-    params = {**state.gen.params, **state.disc.params}
-    stats = {**state.gen.batch_stats, **state.disc.batch_stats}
-    variables = {
-      n: {"params": p, **({"batch_stats": stats[n]} if stats.get(n) else {})}
-      for n, p in params.items()
-    }
-    for name, new in overrides.items():
-      # A partial override (e.g. a pretrained FaceNet backbone without the
-      # A-Softmax head) keeps the fresh top-level entries it does not name.
-      unknown = sorted(set(new["params"]) - set(variables[name]["params"]))
-      if unknown:
-        raise ValueError(f"variables for {name!r} have entries {unknown} the model lacks")
-      merged = {**variables[name]["params"], **new["params"]}
-      _check_same_shapes(variables[name]["params"], merged, name)
-      variables[name] = {"params": merged}
-      # Reference checkpoints have no running statistics: a norm=batch model
-      # keeps its fresh ones (mean 0, var 1) until training updates them.
-      new_stats = new.get("batch_stats") or stats.get(name)
-      if new_stats:
-        variables[name]["batch_stats"] = new_stats
-    state = run_once_compile.jit(
-      lambda v: state_from_variables(v, config, optimizers), devices, out_shardings=sharding
-    )(variables)
-  return state
+  return run_once_compile.jit(init, list(mesh.devices.flat), out_shardings=sharding)(key, overrides)
+
+
+def _merged(variables: dict, overrides: dict) -> dict:
+  """variables with each module of `overrides` replaced, entry by entry."""
+  variables = dict(variables)
+  for name, new in overrides.items():
+    fresh = variables[name]
+    # A partial override (e.g. a pretrained FaceNet backbone without the
+    # A-Softmax head) keeps the fresh top-level entries it does not name.
+    unknown = sorted(set(new["params"]) - set(fresh["params"]))
+    if unknown:
+      raise ValueError(f"variables for {name!r} have entries {unknown} the model lacks")
+    merged = {**fresh["params"], **new["params"]}
+    _check_same_shapes(fresh["params"], merged, name)
+    variables[name] = {"params": merged}
+    # Reference checkpoints have no running statistics: a norm=batch model
+    # keeps its fresh ones (mean 0, var 1) until training updates them.
+    new_stats = new.get("batch_stats") or fresh.get("batch_stats")
+    if new_stats:
+      variables[name]["batch_stats"] = new_stats
+  return variables
 
 
 def _check_same_shapes(expected, got, name):
