@@ -3,7 +3,8 @@
 At absl's default verbosity, orbax logs ~10 INFO lines per checkpoint save
 or restore (128 of the demo's 327 lines) and warns on every restore of a
 checkpoint without `_CHECKPOINT_METADATA`, which fit_jax's converted and
-older checkpoints lack (harmless: the state's own metadata is read). With
+older checkpoints lack (harmless: the state's own metadata is read), and
+when fit_jax replaces its array handler (training.checkpoints). With
 `--verbosity=1` (debug) everything is shown again.
 """
 
@@ -11,7 +12,7 @@ import logging as std_logging
 
 from absl import logging
 
-_HARMLESS = ("_CHECKPOINT_METADATA", "Failed to get item metadata")
+_HARMLESS = ("_CHECKPOINT_METADATA", "Failed to get item metadata", "Type handler registry type")
 
 
 class _OrbaxRoutine(std_logging.Filter):

@@ -7,6 +7,11 @@ import jax
 import orbax.checkpoint as ocp
 
 
+class _OneReplicaArrayHandler(ocp.type_handlers.ArrayHandler):
+  def __init__(self):
+    super().__init__(use_replica_parallel=False)
+
+
 def _write_each_array_from_one_replica() -> None:
   """Orbax's default off GPUs ("replica-parallel") splits every replicated
   array into one part per replica and slices each part on its own device:
@@ -17,9 +22,8 @@ def _write_each_array_from_one_replica() -> None:
   registry per process, so this applies to every jax.Array orbax saves in
   it. A checkpoint written either way restores either way.
   """
-  ocp.type_handlers.register_type_handler(
-    jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True
-  )
+  if not isinstance(ocp.type_handlers.get_type_handler(jax.Array), _OneReplicaArrayHandler):
+    ocp.type_handlers.register_type_handler(jax.Array, _OneReplicaArrayHandler(), override=True)
 
 
 def manager(workdir: str, keep: int) -> ocp.CheckpointManager:

@@ -25,6 +25,10 @@ def test_orbax_info_and_missing_metadata_warnings_are_dropped():
       orbax, std_logging.WARNING, "Metadata file does not exist: /w/3/default/_CHECKPOINT_METADATA"
     )
   )
+  registry = "/site-packages/orbax/checkpoint/_src/serialization/type_handler_registry.py"
+  assert not keep(
+    _record(registry, std_logging.WARNING, 'Type handler registry type "jax.Array" overriding x')
+  )
   assert keep(_record(orbax, std_logging.WARNING, "Reached preemption sync point, step=5"))
   assert keep(_record(orbax, std_logging.ERROR, "background save failed"))
   assert keep(_record("/work/fit_jax/training/train.py", std_logging.INFO, "resuming from step 3"))
