@@ -1,5 +1,7 @@
 """Networks: exact parameter counts, shapes, normalisation modes, API."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,7 @@ from configs import default, tiny
 from fit_jax import models as models_lib
 from fit_jax.models import discriminator as disc_lib
 from fit_jax.models import generator_layout, layers, padding
+from fit_jax.runtime import run_once_compile
 
 
 def _count(tree):
@@ -47,19 +50,28 @@ def test_shapes_and_ranges(tiny_models):
   key = jax.random.PRNGKey(0)
   x = jax.random.uniform(key, (4, 64, 64, 3), minval=-1, maxval=1)
   z = jax.random.bernoulli(key, 0.5, (4, 16)) - 0.5
-  vg = m.generator.init(key, x, z, train=True)
-  y = m.generator.apply(vg, x, z, train=True)
+
+  # One compiled program per network rather than op-by-op dispatch.
+  @jax.jit
+  def generator(x, z):
+    v = m.generator.init(key, x, z, train=True)
+    return m.generator.apply(v, x, z, train=True)
+
+  y = generator(x, z)
   assert y.shape == x.shape and y.dtype == jnp.float32
   assert float(jnp.abs(y).max()) <= 1.0
-  vd = m.discriminator.init(key, x, branch="M", train=True)
+  vd = jax.jit(lambda x: m.discriminator.init(key, x, branch="M", train=True))(x)
   assert set(vd["params"]) == {"fine_M", "fine_R", "fine_WR", "coarse"}
-  fine, coarse = m.discriminator.apply(vd, x, branch="WR", train=True)
+  fine, coarse = jax.jit(lambda v, x: m.discriminator.apply(v, x, branch="WR", train=True))(vd, x)
   assert fine.shape == (4, 6, 6, 1) and coarse.shape == (4, 2, 2, 1)
-  vq = m.password_head.init(key, x, y, train=True)
-  assert m.password_head.apply(vq, x, y, train=True).shape == (4, 4, 16)
+  q = jax.eval_shape(
+    lambda: m.password_head.apply(m.password_head.init(key, x, y, train=True), x, y, train=True)
+  )
+  assert q.shape == (4, 4, 16)
   crops = jnp.zeros((4, 112, 96, 3)) + 0.1
-  vf = m.sphereface.init(key, crops)
-  (cos, phi), feats = m.sphereface.apply(vf, crops)
+  (cos, phi), feats = jax.eval_shape(
+    lambda: m.sphereface.apply(m.sphereface.init(key, crops), crops)
+  )
   assert cos.shape == phi.shape == (4, 10) and feats.shape == (4, 512)
   with pytest.raises(ValueError, match="branch"):
     m.discriminator.apply(vd, x, branch="X", train=True)
@@ -89,7 +101,7 @@ def test_password_channels_folded_exactly():
   key = jax.random.PRNGKey(2)
   x = jax.random.uniform(key, (2, 32, 32, 3), minval=-1, maxval=1)
   z = jax.random.bernoulli(key, 0.5, (2, 16)) - 0.5
-  v = g.init(key, x, z, train=True)
+  v = _init(g, key, x, z)
   kernel = v["params"]["conv_in"]
   full = jnp.concatenate([x, jnp.broadcast_to(z[:, None, None], (2, 32, 32, 16))], -1)
   naive = jax.lax.conv_general_dilated(
@@ -188,8 +200,10 @@ def test_rgb_conv_variants_compute_the_conv(rgb_conv, rgb_block):
   key = jax.random.PRNGKey(5)
   x = jax.random.uniform(key, (2, 32, 32, 3), minval=-1, maxval=1)
   z = jax.random.bernoulli(key, 0.5, (2, 16)) - 0.5
-  v = g.init(key, x, z, train=True)
-  assert jax.tree.map(jnp.shape, conv.init(key, x, z, train=True)) == jax.tree.map(jnp.shape, v)
+  v = _init(g, key, x, z)
+  assert jax.tree.map(jnp.shape, jax.eval_shape(_init, conv, key, x, z)) == jax.tree.map(
+    jnp.shape, v
+  )
   grads, out = _generator_grads(g, v, x, z)
   grads_ref, out_ref = _generator_grads(conv, v, x, z)
   np.testing.assert_allclose(out, out_ref, atol=1e-5)
@@ -200,9 +214,7 @@ def test_rgb_conv_variants_compute_the_conv(rgb_conv, rgb_block):
     scale = max(float(jnp.abs(b).max()), 1e-2 * largest)
     np.testing.assert_allclose(a, b, atol=2e-4 * scale)
   folded, fv = inference.fold_batch_norm(g, v)
-  np.testing.assert_allclose(
-    folded.apply(fv, x, z, train=False), conv.apply(v, x, z, train=False), atol=1e-5
-  )
+  np.testing.assert_allclose(_infer(folded, fv, x, z), _infer(conv, v, x, z), atol=1e-5)
   with pytest.raises(ValueError, match="rgb_conv 'fft' is not one of"):
     dataclasses.replace(g, rgb_conv="fft").init(key, x, z, train=True)
   with pytest.raises(ValueError, match="rgb_block must be at least 1; got 0"):
@@ -223,7 +235,7 @@ def test_rgb_conv_variants_in_bfloat16_are_as_accurate_as_the_conv(rgb_conv, rgb
   key = jax.random.PRNGKey(5)
   x = jax.random.uniform(key, (2, 32, 32, 3), minval=-1, maxval=1)
   z = jax.random.bernoulli(key, 0.5, (2, 16)) - 0.5
-  v = g.init(key, x, z, train=True)
+  v = _init(g, key, x, z)
   reference = dataclasses.replace(g, rgb_conv="conv")
   errors = {
     mode: _bfloat16_errors(reference, v, x, z, rgb_conv=mode, rgb_block=rgb_block)
@@ -255,7 +267,7 @@ def test_phase_upsampling_in_bfloat16_is_as_accurate_as_the_resize_conv(upsample
   key = jax.random.PRNGKey(6)
   x = jax.random.uniform(key, (2, 32, 32, 3), minval=-1, maxval=1)
   z = jax.random.bernoulli(key, 0.5, (2, 16)) - 0.5
-  v = g.init(key, x, z, train=True)
+  v = _init(g, key, x, z)
   errors = {mode: _bfloat16_errors(g, v, x, z, upsample=mode) for mode in (upsample, "resize_conv")}
   _assert_as_accurate(errors[upsample], errors["resize_conv"])
 
@@ -290,7 +302,23 @@ def _bfloat16_errors(reference, variables, x, z, **fields) -> list[float]:
   ]
 
 
+@functools.partial(
+  jax.jit, static_argnums=0, compiler_options=run_once_compile.options(jax.devices())
+)
+def _init(model, key, x, z):
+  """Compiled as a fresh training state is (fit_jax.runtime.run_once_compile)."""
+  return model.init(key, x, z, train=True)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _infer(model, variables, x, z):
+  return model.apply(variables, x, z, train=False)
+
+
+@functools.partial(jax.jit, static_argnums=0)
 def _generator_grads(model, variables, x, z):
+  """Compiled as training compiles it (op-by-op dispatch is slower here)."""
+
   def loss(params):
     out, _ = model.apply({**variables, "params": params}, x, z, train=True, mutable=["batch_stats"])
     return jnp.sum(out**2), out
@@ -319,15 +347,11 @@ def test_phase_2x2_upsampling_is_the_resize_convolution():
   key = jax.random.PRNGKey(3)
   x = jax.random.uniform(key, (3, 32, 24, 3), minval=-1, maxval=1)
   z = jax.random.bernoulli(key, 0.5, (3, 16)) - 0.5
-  v = g.init(key, x, z, train=True)
-  assert jax.tree.structure(sub.init(key, x, z, train=True)) == jax.tree.structure(v)
+  v = _init(g, key, x, z)
+  assert jax.tree.structure(jax.eval_shape(_init, sub, key, x, z)) == jax.tree.structure(v)
 
-  def loss(params, model):
-    out, _ = model.apply({**v, "params": params}, x, z, train=True, mutable=["batch_stats"])
-    return jnp.sum(out**2), out
-
-  (l_ref, out_ref), g_ref = jax.value_and_grad(loss, has_aux=True)(v["params"], g)
-  (l_sub, out_sub), g_sub = jax.value_and_grad(loss, has_aux=True)(v["params"], sub)
+  g_ref, out_ref = _generator_grads(g, v, x, z)
+  g_sub, out_sub = _generator_grads(sub, v, x, z)
   np.testing.assert_allclose(out_sub, out_ref, atol=1e-5)
   # Grads reach ~25; the biases before a BatchNorm have a true gradient of
   # 0 and get rounding noise at ~1e-5 of that scale.
@@ -335,9 +359,7 @@ def test_phase_2x2_upsampling_is_the_resize_convolution():
   for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g_sub)):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=2e-5 * scale)
   folded, fv = inference.fold_batch_norm(sub, v)
-  np.testing.assert_allclose(
-    folded.apply(fv, x, z, train=False), g.apply(v, x, z, train=False), atol=1e-5
-  )
+  np.testing.assert_allclose(_infer(folded, fv, x, z), _infer(g, v, x, z), atol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["batch", "instance"])
@@ -346,12 +368,12 @@ def test_deterministic_modes_do_not_depend_on_batch(mode):
   key = jax.random.PRNGKey(3)
   x = jax.random.uniform(key, (6, 32, 32, 3), minval=-1, maxval=1)
   z = jax.random.bernoulli(key, 0.5, (6, 16)) - 0.5
-  v = g.init(key, x, z, train=True)
+  v = _init(g, key, x, z)
   if mode == "batch":
     _, updates = g.apply(v, x, z, train=True, mutable=["batch_stats"])
     v = {**v, **updates}
-  alone = g.apply(v, x[:1], z[:1], train=False)
-  together = g.apply(v, x, z, train=False)
+  alone = _infer(g, v, x[:1], z[:1])
+  together = _infer(g, v, x, z)
   np.testing.assert_allclose(alone[0], together[0], atol=1e-5)
 
 
@@ -390,11 +412,11 @@ def test_bfloat16_compute_keeps_float32_params(tiny_models):
   key = jax.random.PRNGKey(0)
   x = jax.random.uniform(key, (2, 64, 64, 3), minval=-1, maxval=1)
   z = jnp.full((2, 16), 0.5)
-  v = m.generator.init(key, x, z, train=True)
+  v = _init(m.generator, key, x, z)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(v))
-  y16 = m.generator.apply(v, x, z, train=True)
+  y16 = _generator_grads(m.generator, v, x, z)[1]
   m32 = models_lib.build_models(config.model)
-  y32 = m32.generator.apply(v, x, z, train=True)
+  y32 = _generator_grads(m32.generator, v, x, z)[1]
   assert y16.dtype == jnp.float32
   # bf16 has 8 mantissa bits: outputs in [-1, 1] agree to a few 1e-2.
   assert float(jnp.abs(y16 - y32).max()) < 0.1
