@@ -59,7 +59,7 @@ def _metrics_by_step(workdir) -> dict[int, dict]:
   return by_step
 
 
-def _arguments(workdir, cache, distributed=False):
+def _arguments(workdir, cache, distributed=False, tensorboard=False):
   return [
     "--config=configs/tiny.py",
     f"--workdir={workdir}",
@@ -69,6 +69,9 @@ def _arguments(workdir, cache, distributed=False):
     "--config.train.checkpoint_every=1",
     f"--config.train.keep_checkpoints={STEPS}",
     f"--config.train.eval_every={STEPS}",
+    # TensorBoard (and TensorFlow's 5 s import) only where a test counts
+    # its files: one per start, written by process 0 alone.
+    f"--config.train.tensorboard={tensorboard}",
     *(["--distributed"] if distributed else []),
   ]
 
@@ -87,7 +90,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _start(workdir, cache, processes=1, devices=2, program=None, extra_env=None):
+def _start(workdir, cache, processes=1, devices=2, program=None, extra_env=None, tensorboard=False):
   """`python -m fit_jax.main` (or `python -c program` with its flags) as
   `processes` processes of `devices` devices each."""
   port = _free_port()
@@ -105,7 +108,10 @@ def _start(workdir, cache, processes=1, devices=2, program=None, extra_env=None)
       )
     started.append(
       subprocess.Popen(
-        head + _arguments(workdir, cache, distributed=processes > 1),
+        head
+        + _arguments(
+          workdir, cache, distributed=processes > 1, tensorboard=tensorboard or processes > 1
+        ),
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -242,7 +248,7 @@ def multihost(straight):
   started = _start(workdir, _cache(straight), processes=2, devices=2)
   _signal_once_logged(started, workdir, steps=1, process=1)  # one host's notice
   preempted = _finish(started)
-  [resumed] = _finish(_start(workdir, _cache(straight), processes=1, devices=2))
+  [resumed] = _finish(_start(workdir, _cache(straight), tensorboard=True))
   return workdir, preempted, resumed
 
 
