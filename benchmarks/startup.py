@@ -12,6 +12,7 @@ every compile is cold. Run on CPU with
 XLA_FLAGS=--xla_force_host_platform_device_count=8 for 8 devices.
 """
 
+import functools
 import json
 import tempfile
 import time
@@ -24,10 +25,6 @@ from ml_collections import config_flags
 from fit_jax import models as models_lib
 from fit_jax.runtime import run_once_compile, xla_cpu_flags
 from fit_jax.training import checkpoints, train_state
-
-_CONFIG = config_flags.DEFINE_config_file(
-  "config", "configs/tiny.py", "Experiment config.", lock_config=False
-)
 
 
 def time_compiles(fn, args, options_by_name: dict[str, dict]) -> list[dict]:
@@ -102,18 +99,23 @@ def bench_first_save(config, mesh, handlers=("orbax_default", "fit_jax")) -> lis
   return results
 
 
-def main(argv):
+def main(argv, config_flag):
   del argv
   jax.config.update("jax_enable_compilation_cache", False)
-  config = _CONFIG.value
+  config = config_flag.value
   mesh = train_state.make_mesh()
   for result in bench_init(config, jax.devices()) + bench_first_save(config, mesh):
     print(json.dumps({"platform": jax.devices()[0].platform, **result}), flush=True)
 
 
 def run():
+  # Flags are defined here, not at import: the lab's tests import this
+  # module beside benchmarks.benchmark, which defines its own --config.
+  config_flag = config_flags.DEFINE_config_file(
+    "config", "configs/tiny.py", "Experiment config.", lock_config=False
+  )
   xla_cpu_flags.apply()
-  app.run(main)
+  app.run(functools.partial(main, config_flag=config_flag))
 
 
 if __name__ == "__main__":
