@@ -1,7 +1,7 @@
 """Compiler options for a program that runs once: building a fresh state.
 
-A fresh state's program is almost all threefry random-number code, one
-fusion per parameter initializer (1,406 for the tiny test model) and no
+A fresh state's program is almost all threefry random-number code for the
+parameter initializers (1,406 fusions for the tiny test model) and has no
 convolutions. XLA:CPU spends most of its compile time optimising those
 fusions with LLVM, for a program that then runs once. At backend
 optimisation level 0, measured on 2 cores (docs/performance.md):

@@ -13,7 +13,8 @@ class _OneReplicaArrayHandler(ocp.type_handlers.ArrayHandler):
 
 
 def _write_each_array_from_one_replica() -> None:
-  """Orbax's default off GPUs ("replica-parallel") splits every replicated
+  """Orbax's default unless JAX_PLATFORMS names a GPU ("replica-parallel")
+  splits every replicated
   array into one part per replica and slices each part on its own device:
   a compiled slice per device and parameter shape, for a data-parallel
   state of a few hundred MB that one replica writes as fast. Measured on 8
