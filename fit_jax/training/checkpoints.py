@@ -14,14 +14,14 @@ class _OneReplicaArrayHandler(ocp.type_handlers.ArrayHandler):
 
 def _write_each_array_from_one_replica() -> None:
   """Orbax's default unless JAX_PLATFORMS names a GPU ("replica-parallel")
-  splits every replicated
-  array into one part per replica and slices each part on its own device:
-  a compiled slice per device and parameter shape, for a data-parallel
-  state of a few hundred MB that one replica writes as fast. Measured on 8
-  CPU devices, tiny model: the first save took 7.8 s and later ones 1.9 s;
-  from one replica each takes 0.85 s. Orbax keeps type handlers in one
-  registry per process, so this applies to every jax.Array orbax saves in
-  it. A checkpoint written either way restores either way.
+  splits every replicated array into one part per replica and slices each
+  part on its own device: a compiled slice per device and parameter shape,
+  for a data-parallel state of a few hundred MB that one replica writes as
+  fast. Measured on 8 CPU devices, tiny model: the first save took 7.8 s
+  and later ones 1.9 s; from one replica each takes 0.85 s. Orbax keeps
+  type handlers in one registry per process, so this applies to every
+  jax.Array orbax saves in it. A checkpoint written either way restores
+  either way.
   """
   if not isinstance(ocp.type_handlers.get_type_handler(jax.Array), _OneReplicaArrayHandler):
     ocp.type_handlers.register_type_handler(jax.Array, _OneReplicaArrayHandler(), override=True)
