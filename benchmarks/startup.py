@@ -6,8 +6,8 @@
 networks' initializers and the optimizer state), with XLA's default
 options and with `runtime.run_once_compile`'s. `first_save`: seconds of the
 first and second checkpoint save of that state on all devices, with orbax's
-default array handler (replica-parallel off GPUs) and with the one
-`training.checkpoints` registers. The persistent compilation cache is off:
+default array handler (replica-parallel unless JAX_PLATFORMS names a GPU)
+and with the one `training.checkpoints` registers. The persistent compilation cache is off:
 every compile is cold. Run on CPU with
 XLA_FLAGS=--xla_force_host_platform_device_count=8 for 8 devices.
 """

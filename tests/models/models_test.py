@@ -50,14 +50,9 @@ def test_shapes_and_ranges(tiny_models):
   key = jax.random.PRNGKey(0)
   x = jax.random.uniform(key, (4, 64, 64, 3), minval=-1, maxval=1)
   z = jax.random.bernoulli(key, 0.5, (4, 16)) - 0.5
-
-  # One compiled program per network rather than op-by-op dispatch.
-  @jax.jit
-  def generator(x, z):
-    v = m.generator.init(key, x, z, train=True)
-    return m.generator.apply(v, x, z, train=True)
-
-  y = generator(x, z)
+  # Compiled rather than dispatched op by op.
+  vg = _init(m.generator, key, x, z)
+  y = jax.jit(lambda v: m.generator.apply(v, x, z, train=True))(vg)
   assert y.shape == x.shape and y.dtype == jnp.float32
   assert float(jnp.abs(y).max()) <= 1.0
   vd = jax.jit(lambda x: m.discriminator.init(key, x, branch="M", train=True))(x)

@@ -15,8 +15,9 @@ cache is theirs:
 
 Tolerances of the multi-host run. Both layouts compute the same global
 batches; only how the batch is split and the order in which all-reduces
-sum (gloo across processes, XLA in one) differ. In the first step every loss agrees to 1e-4
-and the gradient norms to 1e-3 (measured: 2.7e-7 and 5.5e-6). After that,
+sum (gloo across processes, XLA in one) differ. In the first step every
+loss agrees to 1e-4 and the gradient norms to 1e-3 (measured: 2.7e-7 and
+5.5e-6). After that,
 Adam's first steps move each weight by about ±lr whatever the gradient's
 size, so a gradient component at rounding-noise level can flip its
 weight's step: weights agree within 2·lr per step taken, and the losses of
