@@ -16,14 +16,11 @@ for name in ("tensorflow", "tensorflow_datasets", "clu", "grain"):
   sys.modules[name] = None  # any import of them now raises ImportError
 import benchmarks.benchmark, fit_jax.deploy.inference, fit_jax.models, fit_jax.training.train
 import benchmarks.profile_summary, fit_jax.conversion.pretrained, fit_jax.training.train_state
-from configs import default
+from configs import tiny
 from fit_jax import models
 from fit_jax.training import train_state
 import jax
-config = default.get_config()
-config.model.generator.ngf = 4
-config.model.generator.num_blocks = 1
-config.model.sphereface.num_classes = 10
+config = tiny.get_config()
 m = models.build_models(config.model)
 train_state.create_train_state(config, m, jax.random.PRNGKey(0), train_state.make_mesh())
 print("ok")

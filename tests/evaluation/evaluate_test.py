@@ -70,9 +70,11 @@ def test_baselines_by_hand():
 
 
 def test_baselines_remove_identity_in_the_expected_order():
-  """On 200 real fold-1 pairs with FaceNet: every baseline falls near chance
+  """On 100 real fold-1 pairs with FaceNet: every baseline falls near chance
   while the originals verify; superpixels (which keep the face's layout and
-  colours) leak the most identity, as in the paper's Fig. 4."""
+  colours) leak the most identity, as in the paper's Fig. 4. (Measured:
+  originals 0.98 accurate, baselines 0.44-0.58; superpixel AUC 0.65, the
+  next 0.55.)"""
   report, _ = evaluate.evaluate(
     checkpoint="",
     data=str(LFW),
@@ -81,7 +83,7 @@ def test_baselines_remove_identity_in_the_expected_order():
     recognizer_names=["facenet"],
     baseline_names=list(baselines.NAMES),
     folds=[1],
-    max_pairs=200,
+    max_pairs=100,
     detector="none",
   )
   table = report["verification"]["facenet"]

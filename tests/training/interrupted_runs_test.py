@@ -3,9 +3,10 @@
 One uninterrupted run of `python -m fit_jax.main` (1 process x 2 devices)
 is the reference of every interrupted one, and its persistent compilation
 cache is theirs:
-- on the same devices, a SIGKILL inside a checkpoint's commit and a SIGTERM
-  (preemption) at a random step restart to bit-identical metrics and
-  weights (which also proves that cached executables train identically);
+- on the same devices, one run is stopped by a SIGTERM (preemption) at a
+  random step, then by a SIGKILL inside a checkpoint's commit, and still
+  ends with bit-identical metrics and weights (which also proves that
+  cached executables train identically);
 - 2 processes x 2 devices, connected by jax.distributed through
   JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID exactly as
   the README's multi-GPU command, get a SIGTERM on one host: both stop at
@@ -197,21 +198,6 @@ def _restart_and_compare(workdir, straight) -> str:
   return err
 
 
-def test_sigterm_saves_the_step_in_flight_and_restarts_bit_identical(tmp_path, straight):
-  preempted = tmp_path / "preempted"
-  after = random.Random().randint(1, STEPS - 2)
-  started = _start(preempted, _cache(straight))
-  _signal_once_logged(started, preempted, after)
-  [(out, err)] = _finish(started)  # exit status 0
-  [line] = [line for line in out.splitlines() if line.startswith("preempted")]
-  step = int(line.split("checkpoint of step ")[1].split()[0])
-  assert after <= step < STEPS, f"SIGTERM after {after} logged steps: {line}"
-  # That step's checkpoint is complete (checkpoints are every step here,
-  # so the preemption's own save is the newest one).
-  assert max(int(d) for d in os.listdir(preempted / "checkpoints") if d.isdigit()) == step
-  _restart_and_compare(preempted, straight)
-
-
 # Runs the trainer with orbax's commit (the atomic rename of the finished
 # temporary directory) replaced by a SIGKILL of the process at step KILL_AT:
 # the worst moment, all data written and nothing committed, as orbax's own
@@ -229,16 +215,36 @@ async def finalize(self):
 atomicity.AtomicRenameTemporaryPath.finalize = finalize
 main.run()  # as `python -m fit_jax.main` (its XLA:CPU flags included)
 """
+KILL_AT = STEPS - 1
 
 
-def test_sigkill_inside_a_save_restarts_bit_identical_from_the_step_before(tmp_path, straight):
-  crashed = tmp_path / "crashed"
-  started = _start(crashed, _cache(straight), program=_KILL_INSIDE_SAVE, extra_env={"KILL_AT": "4"})
-  _finish(started, returncode=-signal.SIGKILL)
-  left = os.listdir(crashed / "checkpoints")
-  assert "3" in left and "4" not in left
-  assert any(name.startswith("4.orbax-checkpoint-tmp") for name in left), left
-  assert "resuming from step 3" in _restart_and_compare(crashed, straight)
+def test_preempted_then_killed_inside_a_save_restarts_bit_identical(tmp_path, straight):
+  """One run, stopped twice on the same devices: a SIGTERM (preemption) at
+  a random step saves the step in flight and exits 0; its restart is
+  SIGKILLed inside the save of step KILL_AT, which leaves that save
+  uncommitted; the next restart resumes from the step before and ends as
+  the reference, bit for bit."""
+  run = tmp_path / "run"
+  after = random.Random().randint(1, KILL_AT - 2)
+  started = _start(run, _cache(straight))
+  _signal_once_logged(started, run, after)
+  [(out, err)] = _finish(started)  # exit status 0
+  [line] = [line for line in out.splitlines() if line.startswith("preempted")]
+  step = int(line.split("checkpoint of step ")[1].split()[0])
+  assert after <= step < KILL_AT, f"SIGTERM after {after} logged steps: {line}"
+  # That step's checkpoint is complete (checkpoints are every step here,
+  # so the preemption's own save is the newest one).
+  assert max(int(d) for d in os.listdir(run / "checkpoints") if d.isdigit()) == step
+
+  started = _start(
+    run, _cache(straight), program=_KILL_INSIDE_SAVE, extra_env={"KILL_AT": str(KILL_AT)}
+  )
+  [(_, err)] = _finish(started, returncode=-signal.SIGKILL)
+  assert f"resuming from step {step}" in err
+  left = os.listdir(run / "checkpoints")
+  assert str(KILL_AT - 1) in left and str(KILL_AT) not in left
+  assert any(name.startswith(f"{KILL_AT}.orbax-checkpoint-tmp") for name in left), left
+  assert f"resuming from step {KILL_AT - 1}" in _restart_and_compare(run, straight)
 
 
 @pytest.fixture(scope="module")
