@@ -46,6 +46,7 @@ from benchmarks import flop_count, profile_summary
 from fit_jax import models as models_lib
 from fit_jax.deploy import inference
 from fit_jax.models import generator_layout
+from fit_jax.runtime import xla_cpu_flags
 from fit_jax.training import batches, train, train_state
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -335,4 +336,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  xla_cpu_flags.apply()  # as the fit_jax commands: XLA's own CPU convolutions
   app.run(main)

@@ -52,6 +52,7 @@ from benchmarks import benchmark, flop_count, hlo_traffic, tpu_cost  # noqa: E40
 from fit_jax import models as models_lib  # noqa: E402
 from fit_jax.deploy import inference  # noqa: E402
 from fit_jax.models import generator_layout  # noqa: E402
+from fit_jax.runtime import xla_cpu_flags  # noqa: E402
 from fit_jax.training import batches, train, train_state  # noqa: E402
 
 _TARGET = flags.DEFINE_string(
@@ -280,4 +281,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  xla_cpu_flags.apply()  # as the fit_jax commands: XLA's own CPU convolutions
   app.run(main)

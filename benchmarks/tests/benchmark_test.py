@@ -22,8 +22,10 @@ def test_benchmark_prints_json_for_train_inference_and_input(tmp_path):
     "configs/tiny.py",
     "--modes",
     "train,infer,input",
+    # float32: the tiny config's training programs, which the training
+    # tests compile too (one persistent cache for the suite).
     "--dtypes",
-    "bfloat16",
+    "float32",
     "--train_batch",
     "8",
     "--infer_batch",
@@ -46,7 +48,7 @@ def test_benchmark_prints_json_for_train_inference_and_input(tmp_path):
   assert [r["num_workers"] for r in by_mode["input"]] == [0, 2]
   assert all(r["source"] == "synthetic" and r["images_per_s"] > 0 for r in by_mode["input"])
   (train,) = by_mode["train_iteration"]
-  assert train["finite_loss"] and train["dtype"] == "bfloat16" and train["batch"] == 8
+  assert train["finite_loss"] and train["dtype"] == "float32" and train["batch"] == 8
   assert train["gflop_per_iter"] > 0 and train["images_per_s"] > 0
   assert train["xla_gflop_per_iter"] > 0 and train["mfu"] is None  # no known CPU peak
   # 8 CPU devices (conftest): no device repeats another's work.
@@ -63,9 +65,9 @@ def test_benchmark_prints_json_for_train_inference_and_input(tmp_path):
   assert all(r["finite_output"] for r in by_mode["generator_inference"])
   profiles = {r["of"]: r for r in by_mode["profile"]}
   assert sorted(profiles) == [
-    "infer_bfloat16_folded_b4",
-    "infer_bfloat16_running_b4",
-    "train_bfloat16_fused_b8",
+    "infer_float32_folded_b4",
+    "infer_float32_running_b4",
+    "train_float32_fused_b8",
   ]
   for profile in profiles.values():
     assert profile["by_category"]["convolution"] > 0 and profile["busy_ms"] > 0
@@ -74,11 +76,11 @@ def test_benchmark_prints_json_for_train_inference_and_input(tmp_path):
     assert again["gflop"] == profile["gflop"] and again["by_scope"] == profile["by_scope"]
   # On CPU XLA runs exactly the model's convolutions and dots (the profile
   # rounds its GFLOP to 3 decimals).
-  assert profiles["train_bfloat16_fused_b8"]["gflop"] == pytest.approx(
+  assert profiles["train_float32_fused_b8"]["gflop"] == pytest.approx(
     train["gflop_per_iter"], rel=1e-3, abs=5e-4
   )
   folded = by_mode["generator_inference"][0]
-  assert profiles["infer_bfloat16_folded_b4"]["gflop"] == pytest.approx(
+  assert profiles["infer_float32_folded_b4"]["gflop"] == pytest.approx(
     folded["gflop_per_call"], rel=1e-3, abs=5e-4
   )
-  assert any("Generator" in scope for scope in profiles["train_bfloat16_fused_b8"]["by_scope"])
+  assert any("Generator" in scope for scope in profiles["train_float32_fused_b8"]["by_scope"])
