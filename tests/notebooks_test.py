@@ -1,4 +1,8 @@
-"""The Colab notebooks run top to bottom (CPU) and are committed without outputs."""
+"""The Colab notebooks run top to bottom (CPU) and are committed without outputs.
+
+They train the tiny config (FIT_NOTEBOOK_CONFIG), whose programs the rest
+of the suite compiles too; tests/configs_test.py traces the demo config's.
+"""
 
 import os
 import pathlib
@@ -37,7 +41,11 @@ def _run(name, env, tmp_path):
 def test_train_notebook(tmp_path):
   text = _run(
     "train.ipynb",
-    {"FIT_NOTEBOOK_STEPS": "2", "FIT_NOTEBOOK_WORKDIR": str(tmp_path / "w")},
+    {
+      "FIT_NOTEBOOK_CONFIG": "tiny",
+      "FIT_NOTEBOOK_STEPS": "2",
+      "FIT_NOTEBOOK_WORKDIR": str(tmp_path / "w"),
+    },
     tmp_path,
   )
   assert "trained to step 2" in text
@@ -45,13 +53,17 @@ def test_train_notebook(tmp_path):
 
 
 def test_inference_notebook(tmp_path):
-  """As on Colab without a shipped model: a short demo training, the bundled
+  """As on Colab without a shipped model: a short training, the bundled
   photo (its one face found by MTCNN), the card's size, the SavedModel."""
   pytest.importorskip("tensorflow")
   assert release.shipped_model() is None  # else the notebook would use it
   text = _run(
     "inference.ipynb",
-    {"FIT_NOTEBOOK_STEPS": "2", "FIT_NOTEBOOK_WORKDIR": str(tmp_path / "w")},
+    {
+      "FIT_NOTEBOOK_CONFIG": "tiny",
+      "FIT_NOTEBOOK_STEPS": "2",
+      "FIT_NOTEBOOK_WORKDIR": str(tmp_path / "w"),
+    },
     tmp_path,
   )
   assert (tmp_path / "w" / "checkpoints" / "2").is_dir()
