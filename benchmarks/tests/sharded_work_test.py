@@ -41,7 +41,9 @@ def test_no_device_computes_another_devices_images(fuse, norm_group_size, upsamp
     (steps.discriminator, (state, batch, generated, key)),
   ):
     model = sum(flop_count.jaxpr_flops(step, *args).values())
-    compiled = step.lower(*args).compile().as_text()
+    # Compiled, never run: the HLO passes that partition the work run as
+    # always; only XLA:CPU's code generation skips its optimisations.
+    compiled = step.lower(*args).compile({"xla_backend_optimization_level": 0}).as_text()
     assert flop_count.hlo_module_flops(compiled) * mesh.size == pytest.approx(model, rel=0.05)
     if step is steps.generator:
       # No images or activations travel either: only gradients and BN
