@@ -73,6 +73,12 @@ def test_gpu_train_script_dry_run(tmp_path):
     **os.environ,
     "PYTHONPATH": str(blocker),
     "PYTHON": sys.executable,
+    # One device, as on the accelerator (not the suite's 8 fake CPU devices).
+    "XLA_FLAGS": " ".join(
+      flag
+      for flag in os.environ.get("XLA_FLAGS", "").split()
+      if not flag.startswith("--xla_force_host_platform_device_count")
+    ),
     "OUT": str(out),
     "WORKDIR": str(workdir),
     "BUDGET_S": "1",

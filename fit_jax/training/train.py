@@ -354,15 +354,17 @@ def train_and_evaluate(
   manager = checkpoints.manager(workdir, config.train.keep_checkpoints)
   # Pretrained/converted weights only initialise a run; a resume restores all.
   resuming = manager.latest_step() is not None
-  overrides = None if resuming else initial_weights.initial_overrides(config)
-  state = ts.create_train_state(config, models, init_key, mesh, overrides)
   if resuming:
-    state = checkpoints.restore(manager, state, workdir)
+    state = checkpoints.restore(manager, ts.abstract_train_state(config, models, mesh), workdir)
     logging.warning(
       "resuming from step %d (%s)", int(state.step), os.path.join(workdir, "checkpoints")
     )
     if jax.process_index() == 0:
       run_records.keep_metrics_up_to(workdir, int(state.step))
+  else:
+    state = ts.create_train_state(
+      config, models, init_key, mesh, initial_weights.initial_overrides(config)
+    )
   steps = TrainSteps(models, config, mesh, state)
   num_steps = batch_loader.num_steps(config, data)
   if jax.process_index() == 0:

@@ -120,6 +120,20 @@ def state_from_variables(variables, config, optimizers=None) -> FitState:
   )
 
 
+def _fresh_state(config, models: models_lib.Models):
+  """fresh(key, overrides): the state of a new run, `overrides` merged in."""
+  optimizers = make_optimizers(config)
+
+  def fresh(key, overrides):
+    variables = init_variables(models, key, config.data.image_size, config.model.password_bits)
+    # Merged inside the compiled program: the fresh draws of what is
+    # overridden are dead code that XLA removes before compiling it (a
+    # pretrained FaceNet's random init took 18 s to compile on CPU).
+    return state_from_variables(_merged(variables, overrides), config, optimizers)
+
+  return fresh
+
+
 def create_train_state(
   config, models: models_lib.Models, key: jax.Array, mesh: Mesh, overrides: dict | None = None
 ) -> FitState:
@@ -133,20 +147,25 @@ def create_train_state(
     overrides: optional {module: variables} replacing fresh ones (e.g. a
       converted SphereFace); shapes must match the fresh ones.
   """
-
-  optimizers = make_optimizers(config)
-
-  def init(key, overrides):
-    variables = init_variables(models, key, config.data.image_size, config.model.password_bits)
-    # Merged inside the compiled program: the fresh draws of what is
-    # overridden are dead code that XLA removes before compiling it (a
-    # pretrained FaceNet's random init took 18 s to compile on CPU).
-    return state_from_variables(_merged(variables, overrides), config, optimizers)
-
+  fresh = _fresh_state(config, models)
   overrides = overrides or {}
-  abstract = jax.eval_shape(init, key, overrides)
-  sharding = state_sharding(abstract, mesh)
-  return run_once_compile.jit(init, list(mesh.devices.flat), out_shardings=sharding)(key, overrides)
+  sharding = state_sharding(jax.eval_shape(fresh, key, overrides), mesh)
+  return run_once_compile.jit(fresh, list(mesh.devices.flat), out_shardings=sharding)(
+    key, overrides
+  )
+
+
+def abstract_train_state(config, models: models_lib.Models, mesh: Mesh) -> FitState:
+  """The state's shapes, dtypes and shardings, computing nothing: what a
+  resumed run restores its checkpoint into (a fresh state would be drawn,
+  compiled for and then overwritten)."""
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+  abstract = jax.eval_shape(_fresh_state(config, models), key, {})
+  return jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+    abstract,
+    state_sharding(abstract, mesh),
+  )
 
 
 def _merged(variables: dict, overrides: dict) -> dict:

@@ -6,7 +6,7 @@ import numpy as np
 
 from fit_jax.training import checkpoints, train_state
 
-COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+from .. import compiles as compiles_lib
 
 
 def test_a_replicated_state_saves_without_compiling_and_restores_exactly(tmp_path):
@@ -22,19 +22,10 @@ def test_a_replicated_state_saves_without_compiling_and_restores_exactly(tmp_pat
   sharding = train_state.state_sharding(host, mesh)
   state = jax.device_put(host, sharding)
   jax.block_until_ready(state)
-  compiles = []
-
-  def listen(name, seconds, **kwargs):
-    if name == COMPILE_EVENT:
-      compiles.append(seconds)
-
-  jax.monitoring.register_event_duration_secs_listener(listen)
-  try:
+  with compiles_lib.counted() as compiles:
     manager = checkpoints.manager(str(tmp_path), keep=2)
     checkpoints.save(manager, 1, state)
     manager.wait_until_finished()
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listen)
   assert compiles == []  # not one slice program per device and shape
 
   template = jax.tree.map(jnp.zeros_like, state)

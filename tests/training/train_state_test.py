@@ -1,4 +1,5 @@
-"""A fresh training state, with pretrained or converted variables merged in."""
+"""A fresh training state, with pretrained or converted variables merged in,
+and the abstract state a resumed run restores into."""
 
 import jax
 import numpy as np
@@ -6,7 +7,9 @@ import pytest
 
 from configs import tiny
 from fit_jax import models as models_lib
-from fit_jax.training import train_state
+from fit_jax.training import checkpoints, train_state
+
+from .. import compiles as compiles_lib
 
 
 @pytest.fixture(scope="module")
@@ -52,3 +55,22 @@ def test_overrides_that_do_not_fit_the_model_get_one_clear_error(setting):
   wrong = np.zeros((head.shape[0], head.shape[1] + 1), np.float32)
   with pytest.raises(ValueError, match="'sphereface' do not match the config's model"):
     _create(setting, {"sphereface": {"params": {"fc6": {"weight": wrong}}}})
+
+
+def test_a_resume_restores_into_the_abstract_state_which_computes_nothing(setting, tmp_path):
+  config, models, mesh = setting
+  fresh = _create(setting)
+  with compiles_lib.counted() as compiles:
+    abstract = train_state.abstract_train_state(config, models, mesh)
+  assert compiles == []
+  paths = [path for path, _ in jax.tree_util.tree_leaves_with_path(fresh)]
+  assert [path for path, _ in jax.tree_util.tree_leaves_with_path(abstract)] == paths
+  for a, b in zip(jax.tree.leaves(abstract), jax.tree.leaves(fresh)):
+    assert (a.shape, a.dtype, a.sharding) == (b.shape, b.dtype, b.sharding)
+  manager = checkpoints.manager(str(tmp_path), keep=1)
+  checkpoints.save(manager, 0, fresh, force=True)
+  manager.wait_until_finished()
+  restored = checkpoints.restore(manager, abstract, str(tmp_path))
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(fresh)):
+    assert a.sharding == b.sharding
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
