@@ -126,19 +126,10 @@ def train_programs(config, batch_size: int, variant: str, devices: list) -> tupl
   config = benchmark.train_config(config, batch_size, variant)
   models = models_lib.build_models(config.model, devices[0].platform)
   mesh = train_state.make_mesh(devices)
-  optimizers = train_state.make_optimizers(config)
   key = jax.random.PRNGKey(0)
-
-  def init(key):
-    variables = train_state.init_variables(
-      models, key, config.data.image_size, config.model.password_bits
-    )
-    return train_state.state_from_variables(variables, config, optimizers)
-
-  abstract = jax.eval_shape(init, key)
+  state = train_state.abstract_train_state(config, models, mesh)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  state = jax.tree.map(lambda a: _spec(a, replicated), abstract)
-  steps = train.TrainSteps(models, config, mesh, abstract)
+  steps = train.TrainSteps(models, config, mesh, state)
   batch = {
     k: _spec(v, steps.data_sharding) for k, v in batches.random_batch(config, batch_size).items()
   }

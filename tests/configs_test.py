@@ -21,17 +21,10 @@ from fit_jax.training import batches, train, train_state
 def test_config_traces_both_training_steps(name):
   config = importlib.import_module(f"configs.{name}").get_config()
   models = models_lib.build_models(config.model)
-  optimizers = train_state.make_optimizers(config)
-
-  def init(key):
-    variables = train_state.init_variables(
-      models, key, config.data.image_size, config.model.password_bits
-    )
-    return train_state.state_from_variables(variables, config, optimizers)
-
+  mesh = train_state.make_mesh()
+  state = train_state.abstract_train_state(config, models, mesh)
+  steps = train.TrainSteps(models, config, mesh, state)
   key = jax.random.PRNGKey(0)
-  state = jax.eval_shape(init, key)
-  steps = train.TrainSteps(models, config, train_state.make_mesh(), state)
   batch = batches.random_batch(config, config.train.batch_size)
   _, generated, g_metrics = jax.eval_shape(steps.generator, state, batch, key)
   _, d_metrics = jax.eval_shape(steps.discriminator, state, batch, generated, key)
