@@ -297,22 +297,28 @@ def _bfloat16_errors(reference, variables, x, z, **fields) -> list[float]:
   ]
 
 
-@functools.partial(
+# Each program below runs once or twice per model form, so all are compiled
+# as a fresh training state is (fit_jax.runtime.run_once_compile: XLA:CPU
+# skips its code-generation optimisations on the same HLO). Op-by-op
+# dispatch was slower still.
+_run_once = functools.partial(
   jax.jit, static_argnums=0, compiler_options=run_once_compile.options(jax.devices())
 )
+
+
+@_run_once
 def _init(model, key, x, z):
-  """Compiled as a fresh training state is (fit_jax.runtime.run_once_compile)."""
   return model.init(key, x, z, train=True)
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@_run_once
 def _infer(model, variables, x, z):
   return model.apply(variables, x, z, train=False)
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@_run_once
 def _generator_grads(model, variables, x, z):
-  """Compiled as training compiles it (op-by-op dispatch is slower here)."""
+  """The generator's parameter gradients of a training-mode call."""
 
   def loss(params):
     out, _ = model.apply({**variables, "params": params}, x, z, train=True, mutable=["batch_stats"])
