@@ -83,10 +83,10 @@ def test_facenet_conversion_is_strict():
 
 
 def test_independent_judge_verifies_lfw_fold1():
-  """dlib on 200 fold-1 pairs (100 same, 100 different; the first of
-  each) at the model's 128 px: near its published 99.4 %."""
-  pairs, faces = _fold1(limit=200)
-  assert len(pairs) == 200 and sum(p.same for p in pairs) == 100
+  """dlib on 100 fold-1 pairs (50 same, 50 different; the first of
+  each) at the model's 128 px: near its published 99.4 % (measured: 0.99)."""
+  pairs, faces = _fold1(limit=100)
+  assert len(pairs) == 100 and sum(p.same for p in pairs) == 50
   assert _accuracy(recognizers.build("dlib"), pairs, faces) >= 0.97
 
 
