@@ -18,7 +18,7 @@ from fit_jax.training import passwords, train
 from . import commands
 from .conftest import DATA
 
-pytestmark = pytest.mark.real_faces
+pytestmark = [pytest.mark.real_faces, pytest.mark.slow]
 
 LFW = DATA / "lfw_subset" / "lfw"
 PHOTO = LFW / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg"

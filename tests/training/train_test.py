@@ -11,6 +11,8 @@ from configs import tiny
 from fit_jax import models as models_lib
 from fit_jax.training import batches, pools, train, train_state
 
+pytestmark = pytest.mark.slow
+
 
 def _setup(config, devices=None):
   models = models_lib.build_models(config.model)
