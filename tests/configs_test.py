@@ -1,6 +1,6 @@
 """Every training config builds its models, state and both update steps.
 
-Traced abstractly (jax.eval_shape: nothing is compiled or allocated), so a
+Traced abstractly (jax.eval_shape: no model program is compiled or run), so a
 config whose fields do not fit together fails here, in seconds, and not
 at the start of a run: the README's demo, the paper's default and the
 LFW training (FaceNet as the recognizer). The suite itself trains the tiny
