@@ -49,17 +49,10 @@ def time_compiles(fn, args, options_by_name: dict[str, dict]) -> list[dict]:
 
 
 def bench_init(config, devices) -> list[dict]:
-  models = models_lib.build_models(config.model)
-  optimizers = train_state.make_optimizers(config)
-
-  def init(key):
-    variables = train_state.init_variables(
-      models, key, config.data.image_size, config.model.password_bits
-    )
-    return train_state.state_from_variables(variables, config, optimizers)
-
+  fresh = train_state.fresh_state(config, models_lib.build_models(config.model))
   options = {"default": {}, "run_once": run_once_compile.options(devices)}
-  return [{"mode": "init", **r} for r in time_compiles(init, (jax.random.PRNGKey(0),), options)]
+  args = (jax.random.PRNGKey(0), {})  # no pretrained weights merged in
+  return [{"mode": "init", **r} for r in time_compiles(fresh, args, options)]
 
 
 def bench_first_save(config, mesh, handlers=("orbax_default", "fit_jax")) -> list[dict]:

@@ -120,8 +120,9 @@ def state_from_variables(variables, config, optimizers=None) -> FitState:
   )
 
 
-def _fresh_state(config, models: models_lib.Models):
-  """fresh(key, overrides): the state of a new run, `overrides` merged in."""
+def fresh_state(config, models: models_lib.Models):
+  """fresh(key, overrides): the state of a new run, `overrides` merged in;
+  the function create_train_state compiles."""
   optimizers = make_optimizers(config)
 
   def fresh(key, overrides):
@@ -147,7 +148,7 @@ def create_train_state(
     overrides: optional {module: variables} replacing fresh ones (e.g. a
       converted SphereFace); shapes must match the fresh ones.
   """
-  fresh = _fresh_state(config, models)
+  fresh = fresh_state(config, models)
   overrides = overrides or {}
   sharding = state_sharding(jax.eval_shape(fresh, key, overrides), mesh)
   return run_once_compile.jit(fresh, list(mesh.devices.flat), out_shardings=sharding)(
@@ -159,8 +160,8 @@ def abstract_train_state(config, models: models_lib.Models, mesh: Mesh) -> FitSt
   """The state's shapes, dtypes and shardings, computing nothing: what a
   resumed run restores its checkpoint into (a fresh state would be drawn,
   compiled for and then overwritten)."""
-  key = jax.ShapeDtypeStruct((2,), jnp.uint32)
-  abstract = jax.eval_shape(_fresh_state(config, models), key, {})
+  key = jax.eval_shape(lambda: jax.random.PRNGKey(0))  # as the default PRNG makes it
+  abstract = jax.eval_shape(fresh_state(config, models), key, {})
   return jax.tree.map(
     lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
     abstract,
