@@ -32,15 +32,31 @@ def pytest_configure(config):
   config.addinivalue_line("markers", "real_faces: needs the LFW images under FIT_DATA")
 
 
+# Slow modules run first, in this order. The two that start together compile
+# disjoint programs (the photo CLI's: the tiny config on 8 devices; the
+# interrupted runs': their own cache), and each later one finds the programs
+# it shares in the persistent cache instead of compiling them a second time at
+# the same moment (the notebooks train the photo CLI's tiny config).
+SLOW_ORDER = ("photo_cli_test", "interrupted_runs_test", "train_test", "notebooks_test")
+
+
+def _schedule(item) -> tuple[bool, int]:
+  if "slow" not in item.keywords:
+    return True, 0
+  name = item.path.stem
+  return False, SLOW_ORDER.index(name) if name in SLOW_ORDER else len(SLOW_ORDER)
+
+
 def pytest_collection_modifyitems(config, items):
-  """Modules marked `slow` come first; tests of real faces are skipped,
-  saying why, where the faces are absent (a bare clone; CI always has them).
+  """Modules marked `slow` come first (in SLOW_ORDER); tests of real faces
+  are skipped, saying why, where the faces are absent (a bare clone; CI
+  always has them).
 
   `make test` runs files on 2 workers in this order (`--dist loadfile
   --no-loadscope-reorder`): a slow module starts at once on one worker while
   the other takes the many short ones, so both finish together.
   """
-  items.sort(key=lambda item: "slow" not in item.keywords)  # stable: files stay in order
+  items.sort(key=_schedule)  # stable: a module's tests stay in order
   if DATA.is_dir():
     return
   skip = pytest.mark.skip(
