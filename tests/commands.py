@@ -5,7 +5,12 @@ import pathlib
 import subprocess
 import sys
 
+from fit_jax.runtime import run_once_compile
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+# XLA_FLAGS for a process whose programs need not run fast: the options of
+# a run-once program (XLA:CPU code generation without its optimisations).
+RUN_ONCE_XLA_FLAGS = " ".join(f"--{k}={v}" for k, v in run_once_compile.CPU_OPTIONS.items())
 
 
 def run(command: str, *args: str, env: dict | None = None, timeout: int = 600):

@@ -20,6 +20,7 @@ from PIL import Image
 
 from fit_jax.data import pack
 from fit_jax.deploy import compact_weights, inference, release
+from tests.commands import RUN_ONCE_XLA_FLAGS
 from tests.data.packed_faces_test import REST, SUBSET, small_lfw_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -82,7 +83,7 @@ def test_gpu_train_script_dry_run(tmp_path):
         for flag in os.environ.get("XLA_FLAGS", "").split()
         if not flag.startswith("--xla_force_host_platform_device_count")
       ]
-      + ["--xla_backend_optimization_level=0"]
+      + [RUN_ONCE_XLA_FLAGS]
     ),
     "OUT": str(out),
     "WORKDIR": str(workdir),

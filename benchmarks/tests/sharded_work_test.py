@@ -7,6 +7,7 @@ import pytest
 from benchmarks import flop_count, hlo
 from configs import tiny
 from fit_jax import models as models_lib
+from fit_jax.runtime import run_once_compile
 from fit_jax.training import batches, train, train_state
 
 
@@ -43,7 +44,7 @@ def test_no_device_computes_another_devices_images(fuse, norm_group_size, upsamp
     model = sum(flop_count.jaxpr_flops(step, *args).values())
     # Compiled, never run: the HLO passes that partition the work run as
     # always; only XLA:CPU's code generation skips its optimisations.
-    compiled = step.lower(*args).compile({"xla_backend_optimization_level": 0}).as_text()
+    compiled = step.lower(*args).compile(run_once_compile.CPU_OPTIONS).as_text()
     assert flop_count.hlo_module_flops(compiled) * mesh.size == pytest.approx(model, rel=0.05)
     if step is steps.generator:
       # No images or activations travel either: only gradients and BN

@@ -43,17 +43,11 @@ import time
 import numpy as np
 import pytest
 
-from ..commands import ROOT
+from ..commands import ROOT, RUN_ONCE_XLA_FLAGS
 
 pytestmark = pytest.mark.slow
 
 STEPS = 6
-# Each process of a multi-process run compiles cold (see above), and what
-# that run tests (coordination, the preemption notice, the elastic resume)
-# does not depend on code generation: XLA:CPU's backend optimisation level 0
-# compiles the same HLO with 25 % less CPU (measured: 122 -> 93 CPU-s for
-# 2 processes x 2 devices, 3 steps).
-LEVEL0 = "--xla_backend_optimization_level=0"
 LEARNING_RATE = 1e-4  # configs/default.py, both groups
 
 
@@ -85,9 +79,16 @@ def _arguments(workdir, cache, distributed=False, tensorboard=False):
   ]
 
 
-def _env(devices: int, level0: bool = False) -> dict:
+def _env(devices: int, run_once_codegen: bool = False) -> dict:
+  """Each process of a multi-process run compiles cold (see above), and what
+  that run tests (coordination, the preemption notice, the elastic resume)
+  does not depend on code generation: XLA:CPU's backend optimisation level 0
+  compiles the same HLO with 25 % less CPU (measured: 122 -> 93 CPU-s for
+  2 processes x 2 devices, 3 steps)."""
   flags = f"--xla_force_host_platform_device_count={devices}"
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags + (f" {LEVEL0}" if level0 else ""))
+  if run_once_codegen:
+    flags += " " + RUN_ONCE_XLA_FLAGS
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags)
   env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the config's cache, not the suite's
   return env
 
@@ -101,14 +102,14 @@ def _free_port() -> int:
 def _start(workdir, cache, processes=1, devices=2, program=None, extra_env=None, tensorboard=False):
   """`python -m fit_jax.main` (or `python -c program` with its flags) as
   `processes` processes of `devices` devices each; several processes
-  compile at LEVEL0."""
+  compile with the run-once options (see _env)."""
   port = _free_port()
   head = (
     [sys.executable, "-m", "fit_jax.main"] if program is None else [sys.executable, "-c", program]
   )
   started = []
   for index in range(processes):
-    env = {**_env(devices, level0=processes > 1), **(extra_env or {})}
+    env = {**_env(devices, run_once_codegen=processes > 1), **(extra_env or {})}
     if processes > 1:
       env.update(
         JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
